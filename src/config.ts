@@ -1,0 +1,93 @@
+import { z } from 'zod';
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const intFrom = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce
+    .number({ error: 'must be a whole number' })
+    .int('must be a whole number')
+    .min(min)
+    .max(max);
+
+/** Comma-separated upstream tokens → a non-empty pool. Messages never echo the value. */
+const tokenPool = z
+  .string()
+  .transform((raw) =>
+    raw
+      .split(',')
+      .map((token) => token.trim())
+      .filter((token) => token.length > 0),
+  )
+  .pipe(
+    z
+      .array(z.string().regex(/^[\x21-\x7e]+$/, 'tokens must be printable ASCII without spaces'))
+      .min(1, 'must hold at least one token'),
+  );
+
+/**
+ * The environment contract (design.md → Configuration). Names stay as the operator writes them
+ * so a log line, the README and the code all use the same word.
+ */
+export const configSchema = z.object({
+  ACEDATA_API_TOKEN: tokenPool,
+  ACEDATA_BASE_URL: z
+    .url({ protocol: /^https?$/, error: 'must be an http(s) URL' })
+    .default('https://api.acedata.cloud'),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  PORT: intFrom(0, 65535).default(8080),
+  GATEWAY_CLIENTS_FILE: z.string().min(1).default('./clients.json'),
+  REDIS_URL: z
+    .url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' })
+    .optional(),
+  CACHE_TTL_SECONDS: intFrom(0).default(3600),
+  CACHE_MAX_ENTRIES: intFrom(1).default(10_000),
+  RATE_LIMIT_MAX: intFrom(1).default(60),
+  RATE_LIMIT_WINDOW_SECONDS: intFrom(1).default(60),
+  UPSTREAM_TIMEOUT_MS: intFrom(100).default(130_000),
+  UPSTREAM_MAX_RETRIES: intFrom(0, 10).default(2),
+  BODY_LIMIT_BYTES: intFrom(1024).default(4 * 1024 * 1024),
+  LOG_LEVEL: z.enum(LOG_LEVELS).default('info'),
+});
+
+export type Config = z.infer<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;
+
+export class ConfigError extends Error {
+  readonly problems: readonly string[];
+  constructor(problems: readonly string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+/**
+ * Validates the environment and reports every problem at once. Empty strings count as unset,
+ * the way `.env` files and compose files commonly write "no value".
+ */
+export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
+  const known: Record<string, string> = {};
+  for (const name of Object.keys(configSchema.shape)) {
+    const value = env[name];
+    if (value !== undefined && value.trim() !== '') known[name] = value;
+  }
+  const result = configSchema.safeParse(known);
+  if (result.success) return result.data;
+  throw new ConfigError(
+    result.error.issues.map((issue) => {
+      const name = issue.path.join('.') || '(environment)';
+      const missing = issue.code === 'invalid_type' && !(String(issue.path[0]) in known);
+      const message = missing ? 'is required' : issue.message;
+      return `${name}: ${message}`;
+    }),
+  );
+}
+
+/** Reads `.env` from the working directory when present; real environment variables win. */
+export function loadDotEnv(path = '.env'): void {
+  try {
+    process.loadEnvFile(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+}

@@ -1,0 +1,42 @@
+import type { FastifyPluginAsync } from 'fastify';
+import fp from 'fastify-plugin';
+import type { ClientRecord, ClientRegistry } from '../clients/registry.ts';
+import { GatewayError } from '../errors.ts';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Route needs a gateway client key (`authorization: Bearer <key>`). */
+    auth?: boolean;
+  }
+  interface FastifyRequest {
+    client: ClientRecord | undefined;
+  }
+}
+
+export interface AuthOptions {
+  registry: ClientRegistry;
+}
+
+const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
+
+/** Runs before the body is read, so an unknown caller costs no parsing and never reaches upstream. */
+const auth: FastifyPluginAsync<AuthOptions> = async (app, { registry }) => {
+  app.decorateRequest('client', undefined);
+
+  app.addHook('onRequest', async (request) => {
+    if (request.routeOptions.config.auth !== true) return;
+    const header = request.headers.authorization;
+    const key = typeof header === 'string' ? BEARER.exec(header)?.[1] : undefined;
+    const client = registry.authenticate(key);
+    if (!client) {
+      throw new GatewayError(
+        'invalid_token',
+        'missing or unknown client key; send authorization: Bearer <client key>',
+      );
+    }
+    request.client = client;
+    request.report.client = client.id;
+  });
+};
+
+export default fp(auth, { name: 'auth', fastify: '5.x', dependencies: ['request-context'] });

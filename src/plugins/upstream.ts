@@ -1,0 +1,23 @@
+import type { FastifyPluginAsync } from 'fastify';
+import fp from 'fastify-plugin';
+import type { UpstreamClient } from '../upstream/client.ts';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    upstream: UpstreamClient;
+  }
+}
+
+export interface UpstreamPluginOptions {
+  client: UpstreamClient;
+}
+
+/** Owns the upstream client: exposes it to routes and closes its pool with the app. */
+const upstream: FastifyPluginAsync<UpstreamPluginOptions> = async (app, { client }) => {
+  app.decorate('upstream', client);
+  app.addHook('onClose', async () => {
+    await client.close();
+  });
+};
+
+export default fp(upstream, { name: 'upstream', fastify: '5.x' });

@@ -1,0 +1,79 @@
+import {
+  FAKE_UPSTREAM_DEFAULT_TOKEN,
+  type FakeUpstream,
+  startFakeUpstream,
+} from '../dev/fake-upstream.ts';
+import { buildApp } from '../src/app.ts';
+import { ClientRegistry, hashClientKey } from '../src/clients/registry.ts';
+import { type Config, type ConfigInput, loadConfig } from '../src/config.ts';
+
+/** A 1×1 PNG, and the same image as other formats' magic bytes, for valid `queries`. */
+export const PNG_1X1 =
+  'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==';
+export const JPEG_HEADER = Buffer.from([
+  0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46, 0x49, 0x46,
+]).toString('base64');
+export const GIF_HEADER = Buffer.from('GIF89a\x01\x00\x01\x00', 'latin1').toString('base64');
+export const WEBP_HEADER = Buffer.from('RIFF\x24\x00\x00\x00WEBPVP8 ', 'latin1').toString('base64');
+
+export const CLIENT_KEY = 'agw_test_client_key_0123456789abcdefghijklmnopqrstuvwxyz';
+export const OTHER_CLIENT_KEY = 'agw_other_client_key_9876543210zyxwvutsrqponmlkjihgfedcba';
+export const UPSTREAM_TOKEN = FAKE_UPSTREAM_DEFAULT_TOKEN;
+
+export const validBody = (overrides: Record<string, unknown> = {}) => ({
+  question: 'Please click each image containing a bus',
+  queries: [PNG_1X1],
+  ...overrides,
+});
+
+export function testRegistry(): ClientRegistry {
+  return new ClientRegistry([
+    { id: 'checkout-service', keySha256: hashClientKey(CLIENT_KEY) },
+    { id: 'other-service', keySha256: hashClientKey(OTHER_CLIENT_KEY) },
+  ]);
+}
+
+export interface TestGateway {
+  app: Awaited<ReturnType<typeof buildApp>>;
+  fake: FakeUpstream;
+  config: Config;
+  /** Every log line written so far, raw. */
+  logLines: string[];
+  /** Parsed log lines. */
+  logs(): Array<Record<string, unknown>>;
+  close(): Promise<void>;
+}
+
+/** Builds the app against a fresh fake upstream, capturing every log line (at debug level). */
+export async function startGateway(
+  overrides: Partial<Record<keyof ConfigInput, string>> = {},
+): Promise<TestGateway> {
+  const fake = await startFakeUpstream();
+  const config = loadConfig({
+    ACEDATA_API_TOKEN: UPSTREAM_TOKEN,
+    ACEDATA_BASE_URL: fake.url,
+    LOG_LEVEL: 'debug',
+    ...overrides,
+  });
+  const logLines: string[] = [];
+  const app = await buildApp(config, {
+    clients: testRegistry(),
+    logDestination: { write: (line: string) => logLines.push(line) },
+  });
+  return {
+    app,
+    fake,
+    config,
+    logLines,
+    logs: () => logLines.map((line) => JSON.parse(line) as Record<string, unknown>),
+    close: async () => {
+      await app.close();
+      await fake.close();
+    },
+  };
+}
+
+export const authHeaders = (key = CLIENT_KEY) => ({
+  authorization: `Bearer ${key}`,
+  'content-type': 'application/json',
+});
