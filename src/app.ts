@@ -4,6 +4,7 @@ import { ClientRegistry } from './clients/registry.ts';
 import type { Config } from './config.ts';
 import { errorEnvelope, toGatewayError } from './errors.ts';
 import auth from './plugins/auth.ts';
+import health from './plugins/health.ts';
 import requestContext, { CompletionLogController, traceIdFor } from './plugins/request-context.ts';
 import upstreamPlugin from './plugins/upstream.ts';
 import captchaRoutes from './routes/captcha.ts';
@@ -108,6 +109,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   );
 
   await app.register(requestContext);
+  await app.register(health);
   await app.register(upstreamPlugin, { client: upstream });
   await app.register(auth, { registry: clients });
   await app.register(captchaRoutes);

@@ -171,6 +171,22 @@ describe('upstream errors', () => {
     expect(res.json().trace_id).toBe(res.headers['x-request-id']);
   });
 
+  it('answers 502 upstream_error when the upstream cannot be reached', async () => {
+    const closed = await startGateway({ UPSTREAM_TIMEOUT_MS: '1500' });
+    await closed.fake.close();
+    const res = await closed.app.inject({
+      method: 'POST',
+      url: RECOGNITION,
+      headers: authHeaders(),
+      payload: JSON.stringify(validBody()),
+    });
+    await closed.app.close();
+    expect(res.statusCode).toBe(502);
+    expect(res.json()).toMatchObject({
+      error: { code: 'upstream_error', message: 'upstream could not be reached' },
+    });
+  });
+
   it('answers 502 for an async submission without task_id', async () => {
     gw.fake.enqueueFaults({ kind: 'malformed' });
     const res = await post(validBody({ async: true }));
@@ -183,5 +199,17 @@ describe('upstream errors', () => {
     const res = await post(validBody());
     expect(res.statusCode).toBe(504);
     expect(res.json()).toMatchObject({ success: false, error: { code: 'timeout' } });
+  });
+});
+
+describe('health routes', () => {
+  it('answers /healthz and /readyz without a client key', async () => {
+    const live = await gw.app.inject({ method: 'GET', url: '/healthz' });
+    expect(live.statusCode).toBe(200);
+    expect(live.json()).toEqual({ status: 'ok' });
+    const ready = await gw.app.inject({ method: 'GET', url: '/readyz' });
+    expect(ready.statusCode).toBe(200);
+    expect(ready.json()).toEqual({ status: 'ready', failed: {} });
+    expect(gw.fake.callCount()).toBe(0);
   });
 });
