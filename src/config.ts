@@ -2,12 +2,14 @@ import { z } from 'zod';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
+/** Decimal digits only: `0x10` or `1e3` in an environment variable is a typo, not a number. */
 const intFrom = (min: number, max = Number.MAX_SAFE_INTEGER) =>
-  z.coerce
-    .number({ error: 'must be a whole number' })
-    .int('must be a whole number')
-    .min(min)
-    .max(max);
+  z
+    .string()
+    .trim()
+    .regex(/^-?\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
 
 /** Comma-separated upstream tokens → a non-empty pool. Messages never echo the value. */
 const tokenPool = z

@@ -68,7 +68,6 @@ export function toGatewayError(error: unknown): GatewayError {
   }
   switch (err.code) {
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-    case 'FST_ERR_CTP_INVALID_TYPE':
       return new GatewayError('unsupported_media_type', 'content-type must be application/json');
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return new GatewayError('request_too_large', 'request body exceeds the body size limit');
@@ -98,6 +97,7 @@ function describeValidation(
       .join('');
     return `${context}${path}: ${issue.message ?? 'is invalid'}`;
   });
-  if (issues.length > 5) parts.push(`and ${issues.length - 5} more problems`);
+  const more = issues.length - 5;
+  if (more > 0) parts.push(`and ${more} more problem${more === 1 ? '' : 's'}`);
   return parts.join('; ');
 }

@@ -195,6 +195,15 @@ describe('loadConfig', () => {
     }
     expect(error.problems).toContain('ACEDATA_BASE_URL: must be an http(s) URL');
     expect(error.problems).toContain('REDIS_URL: must be a redis:// or rediss:// URL');
+    expect(error.problems).toContain('PORT: must be a whole number');
+    expect(error.problems).toContain('CACHE_TTL_SECONDS: must be at least 0');
+    expect(error.problems).toContain('UPSTREAM_MAX_RETRIES: must be at most 10');
+  });
+
+  it.each(['0x10', '1e3', '12abc'])('rejects the non-decimal number PORT=%s', (value) => {
+    expect(configError({ ACEDATA_API_TOKEN: 'tok-1', PORT: value }).problems).toEqual([
+      'PORT: must be a whole number',
+    ]);
   });
 
   it.each([

@@ -3,8 +3,8 @@ import { describe, expect, it } from 'vitest';
 import {
   errorEnvelope,
   GATEWAY_ERRORS,
-  type GatewayErrorCode,
   GatewayError,
+  type GatewayErrorCode,
   toGatewayError,
 } from '../src/errors.ts';
 
@@ -65,12 +65,38 @@ describe('toGatewayError', () => {
   });
 
   it.each([
-    ['FST_ERR_CTP_INVALID_MEDIA_TYPE', new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(), 'unsupported_media_type', 415],
-    ['FST_ERR_CTP_INVALID_TYPE', new errorCodes.FST_ERR_CTP_INVALID_TYPE(), 'unsupported_media_type', 415],
-    ['FST_ERR_CTP_BODY_TOO_LARGE', new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE(), 'request_too_large', 413],
-    ['FST_ERR_CTP_EMPTY_JSON_BODY', new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY(), 'bad_request', 400],
-    ['FST_ERR_CTP_INVALID_JSON_BODY', new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY(), 'bad_request', 400],
-    ['FST_ERR_CTP_INVALID_CONTENT_LENGTH', new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH(), 'bad_request', 400],
+    [
+      'FST_ERR_CTP_INVALID_MEDIA_TYPE',
+      new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(),
+      'unsupported_media_type',
+      415,
+    ],
+    // A programmer error (bad parser registration), never a client's: it is a bug.
+    ['FST_ERR_CTP_INVALID_TYPE', new errorCodes.FST_ERR_CTP_INVALID_TYPE(), 'api_error', 500],
+    [
+      'FST_ERR_CTP_BODY_TOO_LARGE',
+      new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE(),
+      'request_too_large',
+      413,
+    ],
+    [
+      'FST_ERR_CTP_EMPTY_JSON_BODY',
+      new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY(),
+      'bad_request',
+      400,
+    ],
+    [
+      'FST_ERR_CTP_INVALID_JSON_BODY',
+      new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY(),
+      'bad_request',
+      400,
+    ],
+    [
+      'FST_ERR_CTP_INVALID_CONTENT_LENGTH',
+      new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH(),
+      'bad_request',
+      400,
+    ],
   ])('maps Fastify %s to %s', (_name, fastifyError, code, status) => {
     const error = toGatewayError(fastifyError);
     expect(error).toBeInstanceOf(GatewayError);
@@ -86,9 +112,7 @@ describe('toGatewayError', () => {
     expect(toGatewayError(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE()).message).toContain(
       'body size limit',
     );
-    expect(toGatewayError(new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY()).message).toContain(
-      'empty',
-    );
+    expect(toGatewayError(new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY()).message).toContain('empty');
     expect(toGatewayError(new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY()).message).toBe(
       'request body is not valid JSON',
     );
@@ -105,7 +129,10 @@ describe('toGatewayError', () => {
   });
 
   describe('validation errors', () => {
-    const validation = (issues: Array<{ instancePath?: string; message?: string }>, context?: string) =>
+    const validation = (
+      issues: Array<{ instancePath?: string; message?: string }>,
+      context?: string,
+    ) =>
       Object.assign(new Error('validation failed'), {
         statusCode: 400,
         code: 'FST_ERR_VALIDATION',
@@ -115,7 +142,10 @@ describe('toGatewayError', () => {
 
     it('formats a path as body.queries[0]: message', () => {
       const error = toGatewayError(
-        validation([{ instancePath: '/queries/0', message: 'must be a PNG, JPEG, GIF or WebP image' }], 'body'),
+        validation(
+          [{ instancePath: '/queries/0', message: 'must be a PNG, JPEG, GIF or WebP image' }],
+          'body',
+        ),
       );
       expect(error.code).toBe('bad_request');
       expect(error.statusCode).toBe(400);
@@ -137,19 +167,35 @@ describe('toGatewayError', () => {
     });
 
     it('uses the validation context when given', () => {
-      const error = toGatewayError(validation([{ instancePath: '/limit', message: 'bad' }], 'querystring'));
+      const error = toGatewayError(
+        validation([{ instancePath: '/limit', message: 'bad' }], 'querystring'),
+      );
       expect(error.message).toBe('querystring.limit: bad');
     });
 
     it('lists exactly 5 issues without a tail', () => {
-      const issues = Array.from({ length: 5 }, (_, i) => ({ instancePath: `/queries/${i}`, message: `m${i}` }));
+      const issues = Array.from({ length: 5 }, (_, i) => ({
+        instancePath: `/queries/${i}`,
+        message: `m${i}`,
+      }));
       const message = toGatewayError(validation(issues)).message;
       expect(message.split('; ')).toHaveLength(5);
-      expect(message).not.toContain('more problems');
+      expect(message).not.toContain('more problem');
+    });
+
+    it('says "1 more problem" in the singular', () => {
+      const issues = Array.from({ length: 6 }, (_, i) => ({
+        instancePath: `/q/${i}`,
+        message: 'x',
+      }));
+      expect(toGatewayError(validation(issues)).message).toMatch(/; and 1 more problem$/);
     });
 
     it('caps at 5 issues and says how many more there are', () => {
-      const issues = Array.from({ length: 8 }, (_, i) => ({ instancePath: `/queries/${i}`, message: `m${i}` }));
+      const issues = Array.from({ length: 8 }, (_, i) => ({
+        instancePath: `/queries/${i}`,
+        message: `m${i}`,
+      }));
       const parts = toGatewayError(validation(issues)).message.split('; ');
       expect(parts).toEqual([
         'body.queries[0]: m0',
@@ -185,8 +231,14 @@ describe('toGatewayError', () => {
     ['null', null],
     ['undefined', undefined],
     ['a number', 42],
-    ['an error with an unknown code', Object.assign(new Error('secret detail'), { code: 'ECONNRESET' })],
-    ['an error with a non-400 status', Object.assign(new Error('secret detail'), { statusCode: 503 })],
+    [
+      'an error with an unknown code',
+      Object.assign(new Error('secret detail'), { code: 'ECONNRESET' }),
+    ],
+    [
+      'an error with a non-400 status',
+      Object.assign(new Error('secret detail'), { statusCode: 503 }),
+    ],
   ])('turns %s into api_error', (_name, thrown) => {
     const error = toGatewayError(thrown);
     expect(error.code).toBe('api_error');

@@ -151,9 +151,11 @@ describe('checkImage', () => {
 
 describe('imageQuerySchema', () => {
   it('outputs the Base64 to forward, without prefix or wrapping', () => {
-    expect(imageQuerySchema.parse(`data:image/png;base64,${PNG_1X1.slice(0, 40)}\r\n${PNG_1X1.slice(40)}`)).toBe(
-      PNG_1X1,
-    );
+    expect(
+      imageQuerySchema.parse(
+        `data:image/png;base64,${PNG_1X1.slice(0, 40)}\r\n${PNG_1X1.slice(40)}`,
+      ),
+    ).toBe(PNG_1X1);
   });
 
   it('fails with the checkImage problem as its message', () => {
@@ -173,7 +175,10 @@ describe('recognitionRequestSchema', () => {
   it('keeps unknown fields and normalises queries', () => {
     const body = {
       question,
-      queries: [`data:image/png;base64,${PNG_1X1}`, `${JPEG_HEADER.slice(0, 4)}\r\n${JPEG_HEADER.slice(4)}`],
+      queries: [
+        `data:image/png;base64,${PNG_1X1}`,
+        `${JPEG_HEADER.slice(0, 4)}\r\n${JPEG_HEADER.slice(4)}`,
+      ],
       async: false,
       website_url: 'https://example.com',
       options: { grid: [3, 3] },
@@ -188,16 +193,26 @@ describe('recognitionRequestSchema', () => {
   });
 
   it('treats async: false and a missing async as valid', () => {
-    const withFalse = recognitionRequestSchema.safeParse({ question, queries: [PNG_1X1], async: false });
+    const withFalse = recognitionRequestSchema.safeParse({
+      question,
+      queries: [PNG_1X1],
+      async: false,
+    });
     const missing = recognitionRequestSchema.safeParse({ question, queries: [PNG_1X1] });
     expect(withFalse.success).toBe(true);
     expect(missing.success).toBe(true);
     expect(missing.data).not.toHaveProperty('async');
-    expect(recognitionRequestSchema.safeParse({ question, queries: [PNG_1X1], async: true }).success).toBe(true);
+    expect(
+      recognitionRequestSchema.safeParse({ question, queries: [PNG_1X1], async: true }).success,
+    ).toBe(true);
   });
 
   it.each([['true'], [1], [null]])('rejects async: %j', (value) => {
-    const result = recognitionRequestSchema.safeParse({ question, queries: [PNG_1X1], async: value });
+    const result = recognitionRequestSchema.safeParse({
+      question,
+      queries: [PNG_1X1],
+      async: value,
+    });
     expect(result.success).toBe(false);
     expect(result.error?.issues[0]?.path).toEqual(['async']);
     expect(result.error?.issues[0]?.message).toBe('must be a boolean');

@@ -79,9 +79,7 @@ function listeningPort(server: ServerProcess): Promise<number> {
     if (check()) return;
     server.child.stdout?.on('data', check);
     server.exited.then(({ code, signal }) =>
-      reject(
-        new Error(`server exited (${code ?? signal}) before listening:\n${server.stderr()}`),
-      ),
+      reject(new Error(`server exited (${code ?? signal}) before listening:\n${server.stderr()}`)),
     );
   });
 }

@@ -49,6 +49,8 @@ describe('traceIdFor', () => {
   });
 
   it('reads only x-request-id', () => {
-    expect(traceIdFor(requestWith({ 'x-trace-id': 'abc', 'x-correlation-id': 'abc' }))).toMatch(UUID);
+    expect(traceIdFor(requestWith({ 'x-trace-id': 'abc', 'x-correlation-id': 'abc' }))).toMatch(
+      UUID,
+    );
   });
 });
