@@ -49,6 +49,24 @@ export const configSchema = z.object({
   UPSTREAM_MAX_RETRIES: intFrom(0, 10).default(2),
   BODY_LIMIT_BYTES: intFrom(1024).default(4 * 1024 * 1024),
   LOG_LEVEL: z.enum(LOG_LEVELS).default('info'),
+
+  // Beyond the design's table: limits and upstream protection (issue 3).
+  /** What a request gets while the shared limit store (Redis) is unreachable. */
+  RATE_LIMIT_ON_STORE_ERROR: z.enum(['allow', 'deny']).default('allow'),
+  UPSTREAM_MAX_CONCURRENCY: intFrom(1).default(64),
+  /** Per token: the pool's rate is this times the number of tokens (upstream allows 60/s per token). */
+  UPSTREAM_RATE_PER_SECOND: intFrom(1).default(50),
+  UPSTREAM_QUEUE_MAX: intFrom(0).default(1_000),
+  // Resilience (issue 5).
+  CIRCUIT_BREAKER_THRESHOLD: intFrom(1).default(5),
+  CIRCUIT_BREAKER_COOLDOWN_MS: intFrom(100).default(30_000),
+  // Operations (issue 6).
+  /** Drain budget on SIGTERM; in-flight calls can take up to UPSTREAM_TIMEOUT_MS. */
+  SHUTDOWN_TIMEOUT_MS: intFrom(0).default(140_000),
+  /** When set, /metrics, /docs and /openapi.json move to this port (keep it private). */
+  ADMIN_PORT: intFrom(0, 65535).optional(),
+  METRICS_ENABLED: z.stringbool().default(true),
+  DOCS_ENABLED: z.stringbool().default(true),
 });
 
 export type Config = z.infer<typeof configSchema>;

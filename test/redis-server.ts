@@ -1,0 +1,111 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { connect, createServer } from 'node:net';
+import { describe } from 'vitest';
+
+/**
+ * Redis for tests: REDIS_URL if set, else a throwaway `redis-server` on a free port. When neither
+ * is available the suites are skipped with a notice, unless REQUIRE_REDIS=1 (CI), which fails them.
+ */
+const externalUrl = process.env.REDIS_URL;
+const hasRedisServer = spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0;
+export const redisAvailable = externalUrl !== undefined || hasRedisServer;
+/** Only a server we started can be stopped and restarted (outage tests). */
+export const canControlRedis = externalUrl === undefined && hasRedisServer;
+
+export function describeWithRedis(name: string, body: () => void): void {
+  if (redisAvailable) {
+    describe(name, body);
+  } else if (process.env.REQUIRE_REDIS === '1') {
+    describe(name, () => {
+      throw new Error('REQUIRE_REDIS=1 but neither REDIS_URL nor redis-server is available');
+    });
+  } else {
+    console.warn(`[redis] skipping "${name}": install redis-server or set REDIS_URL to run it`);
+    describe.skip(name, body);
+  }
+}
+
+export interface TestRedis {
+  url: string;
+  /** Stops the server (simulated outage); only for a server this helper started. */
+  stop(): Promise<void>;
+  /** Starts it again on the same port. */
+  start(): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+    });
+  });
+}
+
+async function waitForPort(port: number, up: boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const reachable = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (reachable === up) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(
+    `redis on port ${port} did not become ${up ? 'reachable' : 'unreachable'} in ${timeoutMs} ms`,
+  );
+}
+
+/** Starts a redis-server (or wraps REDIS_URL, which cannot be stopped). */
+export async function startRedis(): Promise<TestRedis> {
+  if (externalUrl !== undefined) {
+    return {
+      url: externalUrl,
+      stop: async () => {
+        throw new Error('cannot stop an external REDIS_URL');
+      },
+      start: async () => {},
+      close: async () => {},
+    };
+  }
+  const port = await freePort();
+  let child: ChildProcess | undefined;
+  const start = async () => {
+    child = spawn(
+      'redis-server',
+      [
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--loglevel',
+        'warning',
+      ],
+      { stdio: 'ignore' },
+    );
+    await waitForPort(port, true);
+  };
+  const stop = async () => {
+    const running = child;
+    child = undefined;
+    if (!running || running.exitCode !== null) return;
+    const exited = new Promise((resolve) => running.once('exit', resolve));
+    running.kill('SIGKILL');
+    await exited;
+    await waitForPort(port, false);
+  };
+  await start();
+  return { url: `redis://127.0.0.1:${port}`, stop, start, close: stop };
+}
