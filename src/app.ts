@@ -5,6 +5,9 @@ import type { Config } from './config.ts';
 import { errorEnvelope, toGatewayError } from './errors.ts';
 import auth from './plugins/auth.ts';
 import health from './plugins/health.ts';
+import quota from './plugins/quota.ts';
+import clientRateLimit from './plugins/rate-limit.ts';
+import redisPlugin from './plugins/redis.ts';
 import requestContext, { CompletionLogController, traceIdFor } from './plugins/request-context.ts';
 import upstreamPlugin from './plugins/upstream.ts';
 import captchaRoutes from './routes/captcha.ts';
@@ -110,8 +113,15 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   await app.register(requestContext);
   await app.register(health);
+  await app.register(redisPlugin, { url: config.REDIS_URL });
   await app.register(upstreamPlugin, { client: upstream });
   await app.register(auth, { registry: clients });
+  await app.register(clientRateLimit, {
+    defaultMax: config.RATE_LIMIT_MAX,
+    defaultWindowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
+    onStoreError: config.RATE_LIMIT_ON_STORE_ERROR,
+  });
+  await app.register(quota, { onStoreError: config.RATE_LIMIT_ON_STORE_ERROR });
   await app.register(captchaRoutes);
 
   return app;

@@ -4,7 +4,7 @@ import {
   startFakeUpstream,
 } from '../dev/fake-upstream.ts';
 import { buildApp } from '../src/app.ts';
-import { ClientRegistry, hashClientKey } from '../src/clients/registry.ts';
+import { type ClientRecord, ClientRegistry, hashClientKey } from '../src/clients/registry.ts';
 import { type Config, type ConfigInput, loadConfig } from '../src/config.ts';
 
 /** A 1×1 PNG, and the same image as other formats' magic bytes, for valid `queries`. */
@@ -26,9 +26,12 @@ export const validBody = (overrides: Record<string, unknown> = {}) => ({
   ...overrides,
 });
 
-export function testRegistry(): ClientRegistry {
+/** Two clients; `limits` adds a rateLimit/quota to checkout-service (the CLIENT_KEY holder). */
+export function testRegistry(
+  limits: Pick<ClientRecord, 'rateLimit' | 'quota'> = {},
+): ClientRegistry {
   return new ClientRegistry([
-    { id: 'checkout-service', keySha256: hashClientKey(CLIENT_KEY) },
+    { id: 'checkout-service', keySha256: hashClientKey(CLIENT_KEY), ...limits },
     { id: 'other-service', keySha256: hashClientKey(OTHER_CLIENT_KEY) },
   ]);
 }
@@ -44,11 +47,20 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
-/** Builds the app against a fresh fake upstream, capturing every log line (at debug level). */
+export interface GatewayOptions {
+  /** Limits for checkout-service. */
+  limits?: Pick<ClientRecord, 'rateLimit' | 'quota'>;
+  /** Share one fake upstream between several gateways (replicas); closed by its owner, not here. */
+  fake?: FakeUpstream;
+}
+
+/** Builds the app against a fake upstream, capturing every log line (at debug level). */
 export async function startGateway(
   overrides: Partial<Record<keyof ConfigInput, string>> = {},
+  options: GatewayOptions = {},
 ): Promise<TestGateway> {
-  const fake = await startFakeUpstream();
+  const ownsFake = options.fake === undefined;
+  const fake = options.fake ?? (await startFakeUpstream());
   const config = loadConfig({
     ACEDATA_API_TOKEN: UPSTREAM_TOKEN,
     ACEDATA_BASE_URL: fake.url,
@@ -57,7 +69,7 @@ export async function startGateway(
   });
   const logLines: string[] = [];
   const app = await buildApp(config, {
-    clients: testRegistry(),
+    clients: testRegistry(options.limits),
     logDestination: { write: (line: string) => logLines.push(line) },
   });
   return {
@@ -68,7 +80,7 @@ export async function startGateway(
     logs: () => logLines.map((line) => JSON.parse(line) as Record<string, unknown>),
     close: async () => {
       await app.close();
-      await fake.close();
+      if (ownsFake) await fake.close();
     },
   };
 }

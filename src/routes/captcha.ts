@@ -18,7 +18,12 @@ const captchaRoutes: FastifyPluginAsync = async (app) => {
     '/captcha/recognition/hcaptcha',
     {
       schema: { body: recognitionRequestSchema },
-      config: { auth: true, upstreamPath: '/captcha/recognition/hcaptcha' },
+      config: {
+        auth: true,
+        rateLimit: {},
+        countsTowardQuota: true,
+        upstreamPath: '/captcha/recognition/hcaptcha',
+      },
     },
     async (request, reply) => {
       request.report.images = request.body.queries.length;
@@ -30,7 +35,8 @@ const captchaRoutes: FastifyPluginAsync = async (app) => {
     '/captcha/tasks',
     {
       schema: { body: taskRequestSchema },
-      config: { auth: true, upstreamPath: '/captcha/tasks' },
+      // Polling is free upstream, so it is rate limited but not counted toward the quota.
+      config: { auth: true, rateLimit: {}, upstreamPath: '/captcha/tasks' },
     },
     async (request, reply) => forward('json', request, reply),
   );
@@ -38,15 +44,29 @@ const captchaRoutes: FastifyPluginAsync = async (app) => {
   async function forward(expect: ExpectedReply, request: FastifyRequest, reply: FastifyReply) {
     const path = request.routeOptions.config.upstreamPath;
     if (path === undefined) throw new Error('route is missing config.upstreamPath');
-    const answer = await app.upstream.call({
-      path,
-      body: JSON.stringify(request.body),
-      expect,
-      traceId: request.id,
-      report: request.report,
-      log: request.log,
-    });
-    return reply.code(answer.status).type('application/json; charset=utf-8').send(answer.body);
+    const { client } = request;
+    const reservation = await app.quota.reserve(
+      client?.id ?? 'anonymous',
+      request.routeOptions.config.countsTowardQuota
+        ? client?.quota?.upstreamCallsPerDay
+        : undefined,
+    );
+    let billed = false;
+    try {
+      const answer = await app.upstream.call({
+        path,
+        body: JSON.stringify(request.body),
+        expect,
+        traceId: request.id,
+        report: request.report,
+        log: request.log,
+      });
+      // The upstream bills successful results only; anything else gives the unit back.
+      billed = answer.status >= 200 && answer.status < 300;
+      return reply.code(answer.status).type('application/json; charset=utf-8').send(answer.body);
+    } finally {
+      if (!billed) await reservation.release();
+    }
   }
 };
 

@@ -1,0 +1,152 @@
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { type FakeUpstream, startFakeUpstream } from '../dev/fake-upstream.ts';
+import {
+  authHeaders,
+  type GatewayOptions,
+  OTHER_CLIENT_KEY,
+  startGateway,
+  type TestGateway,
+  validBody,
+} from './helpers.ts';
+import { canControlRedis, describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
+
+const RECOGNITION = '/captcha/recognition/hcaptcha';
+
+const send = (g: TestGateway, key?: string, body: unknown = validBody()) =>
+  g.app.inject({
+    method: 'POST',
+    url: RECOGNITION,
+    headers: authHeaders(key),
+    payload: JSON.stringify(body),
+  });
+
+describeWithRedis('limits and quotas shared through Redis', () => {
+  let redis: TestRedis;
+  let fake: FakeUpstream;
+  let gateways: TestGateway[] = [];
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    fake = await startFakeUpstream();
+  });
+  afterAll(async () => {
+    await fake.close();
+    await redis.close();
+  });
+  afterEach(async () => {
+    await Promise.all(gateways.map((g) => g.close()));
+    gateways = [];
+    fake.reset();
+    if (canControlRedis) await redis.start().catch(() => {});
+  });
+
+  /** A replica: its own app, one shared fake upstream, one shared Redis, fresh key namespace. */
+  async function replica(limits: GatewayOptions['limits'], env: Record<string, string> = {}) {
+    const g = await startGateway(
+      { REDIS_URL: redis.url, UPSTREAM_TIMEOUT_MS: '2000', ...env },
+      { fake, limits },
+    );
+    gateways.push(g);
+    await expect.poll(() => g.app.redis?.isReady()).toBe(true);
+    return g;
+  }
+  const flush = async (g: TestGateway) => g.app.redis?.client.flushall();
+
+  it('one instance: the limit, the headers, the 429 envelope, and a second client unaffected', async () => {
+    const g = await replica({ rateLimit: { max: 2, windowSeconds: 60 } });
+    await flush(g);
+    const first = await send(g);
+    expect(first.statusCode).toBe(200);
+    expect(first.headers['ratelimit-limit']).toBe('2');
+    expect(first.headers['ratelimit-remaining']).toBe('1');
+    expect((await send(g)).statusCode).toBe(200);
+    const refused = await send(g);
+    expect(refused.statusCode).toBe(429);
+    expect(refused.json()).toMatchObject({ success: false, error: { code: 'too_many_requests' } });
+    expect(refused.headers['retry-after']).toBeDefined();
+    expect(fake.callCount()).toBe(2);
+    expect((await send(g, OTHER_CLIENT_KEY)).statusCode).toBe(200);
+  });
+
+  it('three instances sharing Redis admit exactly max requests of one client', async () => {
+    const replicas = [
+      await replica({ rateLimit: { max: 10, windowSeconds: 60 } }),
+      await replica({ rateLimit: { max: 10, windowSeconds: 60 } }),
+      await replica({ rateLimit: { max: 10, windowSeconds: 60 } }),
+    ];
+    await flush(replicas[0] as TestGateway);
+    const results = await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        send(replicas[i % 3] as TestGateway, undefined, validBody({ n: i })),
+      ),
+    );
+    const statuses = results.map((r) => r.statusCode);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(10);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(30);
+    expect(fake.callCount()).toBe(10);
+  });
+
+  it('shares a daily quota across instances', async () => {
+    const a = await replica({ quota: { upstreamCallsPerDay: 3 } });
+    const b = await replica({ quota: { upstreamCallsPerDay: 3 } });
+    await flush(a);
+    const statuses = [];
+    for (let i = 0; i < 6; i++)
+      statuses.push((await send(i % 2 ? b : a, undefined, validBody({ n: i }))).statusCode);
+    expect(statuses).toEqual([200, 200, 200, 429, 429, 429]);
+    expect(fake.callCount()).toBe(3);
+  });
+
+  it.runIf(canControlRedis)(
+    'allow: with Redis stopped requests still answer promptly, limited per replica; limits resume after restart',
+    async () => {
+      const g = await replica({ rateLimit: { max: 2, windowSeconds: 60 } });
+      await flush(g);
+      expect((await send(g)).statusCode).toBe(200);
+      await redis.stop();
+      const started = performance.now();
+      const during = [await send(g), await send(g), await send(g)];
+      // Bounded by the fail-fast Redis settings (connect 1 s, command 0.5 s), never a hang.
+      expect(performance.now() - started).toBeLessThan(2_000 * 3);
+      expect(during.map((r) => r.statusCode)).toEqual([200, 200, 429]);
+      const ready = await g.app.inject({ method: 'GET', url: '/readyz' });
+      expect(ready.statusCode).toBe(503);
+      expect(ready.json().failed).toEqual({ redis: 'redis is configured but unreachable' });
+      await redis.start();
+      await expect.poll(() => g.app.redis?.isReady(), { timeout: 5_000 }).toBe(true);
+      // Redis came back empty: its shared window starts again from zero.
+      expect((await send(g)).statusCode).toBe(200);
+      expect((await send(g)).statusCode).toBe(200);
+      expect((await send(g)).statusCode).toBe(429);
+      expect((await g.app.inject({ method: 'GET', url: '/readyz' })).statusCode).toBe(200);
+      const logged = g.logs().map((l) => l.msg);
+      expect(
+        logged.filter((m) => m === 'redis connection lost; falling back until it recovers'),
+      ).toHaveLength(1);
+      expect(logged.filter((m) => m === 'redis connection recovered')).toHaveLength(1);
+    },
+  );
+
+  it.runIf(canControlRedis)(
+    'deny: with Redis stopped requests are refused with 503, and recover after restart',
+    async () => {
+      const g = await replica(
+        { rateLimit: { max: 100, windowSeconds: 60 } },
+        { RATE_LIMIT_ON_STORE_ERROR: 'deny' },
+      );
+      expect((await send(g)).statusCode).toBe(200);
+      await redis.stop();
+      const refused = await send(g);
+      expect(refused.statusCode).toBe(503);
+      expect(refused.json()).toMatchObject({
+        success: false,
+        error: { code: 'upstream_unavailable' },
+      });
+      expect(refused.headers['retry-after']).toBe('1');
+      expect(fake.callCount()).toBe(1);
+      await redis.start();
+      await expect.poll(() => g.app.redis?.isReady(), { timeout: 5_000 }).toBe(true);
+      expect((await send(g)).statusCode).toBe(200);
+    },
+  );
+});
