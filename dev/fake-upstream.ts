@@ -16,6 +16,8 @@ export type Fault =
       message?: string;
       retryAfter?: string;
       plainError?: boolean;
+      /** Answer only after this many ms (an error can be as slow as a success). */
+      afterMs?: number;
     }
   | { kind: 'reset' }
   | { kind: 'hang' }
@@ -30,6 +32,8 @@ export interface RecordedCall {
   rawBody: string;
   body: unknown;
   at: number;
+  /** True once the connection closed before a reply was sent (client abort, or a reset fault). */
+  closedEarly: boolean;
 }
 
 export interface FakeUpstreamOptions {
@@ -164,6 +168,9 @@ function faultProblem(value: unknown): string | undefined {
         !(value.plainError === undefined || typeof value.plainError === 'boolean')
       ) {
         return 'status fault: code, message and retryAfter must be strings, plainError a boolean';
+      }
+      if (value.afterMs !== undefined && !isNonNegativeNumber(value.afterMs)) {
+        return 'status fault: afterMs must be a number >= 0';
       }
       return undefined;
     }
@@ -328,6 +335,7 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
         await sleep(fault.ms);
         return false;
       case 'status': {
+        if (fault.afterMs) await sleep(fault.afterMs);
         const code =
           fault.code ??
           DEFAULT_CODES[fault.status] ??
@@ -528,7 +536,7 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
 
     const authorization = req.headers.authorization;
     const token = bearerToken(authorization);
-    calls.push({
+    const record: RecordedCall = {
       method,
       path,
       headers: { ...req.headers },
@@ -536,6 +544,11 @@ export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Prom
       rawBody,
       body: parsed.ok ? parsed.value : undefined,
       at,
+      closedEarly: false,
+    };
+    calls.push(record);
+    res.once('close', () => {
+      if (!res.writableFinished) record.closedEarly = true;
     });
 
     const isApi = method === 'POST' && (path === RECOGNITION_PATH || path === TASKS_PATH);

@@ -3,7 +3,9 @@ import { validatorCompiler } from 'fastify-type-provider-zod';
 import { ClientRegistry } from './clients/registry.ts';
 import type { Config } from './config.ts';
 import { errorEnvelope, toGatewayError } from './errors.ts';
+import { UpstreamGate } from './limits/upstream-gate.ts';
 import auth from './plugins/auth.ts';
+import cache from './plugins/cache.ts';
 import health from './plugins/health.ts';
 import quota from './plugins/quota.ts';
 import clientRateLimit from './plugins/rate-limit.ts';
@@ -61,6 +63,16 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       baseUrl: config.ACEDATA_BASE_URL,
       tokens: config.ACEDATA_API_TOKEN,
       timeoutMs: config.UPSTREAM_TIMEOUT_MS,
+      maxRetries: config.UPSTREAM_MAX_RETRIES,
+      breakerThreshold: config.CIRCUIT_BREAKER_THRESHOLD,
+      breakerCooldownMs: config.CIRCUIT_BREAKER_COOLDOWN_MS,
+      pool: { connections: config.UPSTREAM_MAX_CONCURRENCY },
+      gate: new UpstreamGate({
+        maxConcurrency: config.UPSTREAM_MAX_CONCURRENCY,
+        // The upstream's limit is per token, so the pool's rate grows with its size.
+        ratePerSecond: config.UPSTREAM_RATE_PER_SECOND * config.ACEDATA_API_TOKEN.length,
+        maxQueued: config.UPSTREAM_QUEUE_MAX,
+      }),
     });
 
   const app = Fastify({
@@ -122,7 +134,11 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     onStoreError: config.RATE_LIMIT_ON_STORE_ERROR,
   });
   await app.register(quota, { onStoreError: config.RATE_LIMIT_ON_STORE_ERROR });
-  await app.register(captchaRoutes);
+  await app.register(cache, {
+    ttlSeconds: config.CACHE_TTL_SECONDS,
+    maxEntries: config.CACHE_MAX_ENTRIES,
+  });
+  await app.register(captchaRoutes, { upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS });
 
   return app;
 }

@@ -16,7 +16,12 @@ const RECOGNITION = '/captcha/recognition/hcaptcha';
 
 let gw: TestGateway;
 beforeAll(async () => {
-  gw = await startGateway({ UPSTREAM_TIMEOUT_MS: '1500', BODY_LIMIT_BYTES: '65536' });
+  // Caching off: these tests check forwarding, so identical bodies must reach the upstream.
+  gw = await startGateway({
+    UPSTREAM_TIMEOUT_MS: '1500',
+    BODY_LIMIT_BYTES: '65536',
+    CACHE_TTL_SECONDS: '0',
+  });
 });
 afterAll(async () => {
   await gw.close();

@@ -13,7 +13,7 @@ const RECOGNITION = '/captcha/recognition/hcaptcha';
 
 let gw: TestGateway;
 beforeAll(async () => {
-  gw = await startGateway({ UPSTREAM_TIMEOUT_MS: '1000' });
+  gw = await startGateway({ UPSTREAM_TIMEOUT_MS: '1000', CACHE_TTL_SECONDS: '0' });
 });
 afterAll(async () => {
   await gw.close();

@@ -1,5 +1,6 @@
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { parseCacheControl } from '../cache/cached-answers.ts';
 import { recognitionRequestSchema, taskRequestSchema } from '../schemas/captcha.ts';
 import type { ExpectedReply, UpstreamPath } from '../upstream/client.ts';
 
@@ -10,8 +11,15 @@ declare module 'fastify' {
   }
 }
 
+const JSON_TYPE = 'application/json; charset=utf-8';
+
 /** The two drop-in routes: same paths and JSON as Ace Data Cloud, answered through the upstream. */
-const captchaRoutes: FastifyPluginAsync = async (app) => {
+export interface CaptchaRoutesOptions {
+  /** UPSTREAM_TIMEOUT_MS: a request merged into another's call waits at most this long. */
+  upstreamTimeoutMs: number;
+}
+
+const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, options) => {
   const routes = app.withTypeProvider<ZodTypeProvider>();
 
   routes.post(
@@ -26,8 +34,22 @@ const captchaRoutes: FastifyPluginAsync = async (app) => {
       },
     },
     async (request, reply) => {
-      request.report.images = request.body.queries.length;
-      return forward(request.body.async === true ? 'task_id' : 'solution', request, reply);
+      const { body } = request;
+      request.report.images = body.queries.length;
+      const answer = await app.answers.answer({
+        route: request.routeOptions.url ?? '',
+        body,
+        directives: parseCacheControl(request.headers['cache-control']),
+        reserveQuota: () => reserveQuota(request),
+        callUpstream: () => callUpstream(request, body.async === true ? 'task_id' : 'solution'),
+        deadline: Date.now() + options.upstreamTimeoutMs,
+      });
+      request.report.cache = answer.event;
+      return reply
+        .code(answer.status)
+        .header('cache-status', answer.cacheStatus)
+        .type(JSON_TYPE)
+        .send(answer.body);
     },
   );
 
@@ -35,38 +57,34 @@ const captchaRoutes: FastifyPluginAsync = async (app) => {
     '/captcha/tasks',
     {
       schema: { body: taskRequestSchema },
-      // Polling is free upstream, so it is rate limited but not counted toward the quota.
+      // Polling is free upstream and never cached: rate limited, not counted toward the quota.
       config: { auth: true, rateLimit: {}, upstreamPath: '/captcha/tasks' },
     },
-    async (request, reply) => forward('json', request, reply),
+    async (request, reply) => {
+      const answer = await callUpstream(request, 'json');
+      return reply.code(answer.status).type(JSON_TYPE).send(answer.body);
+    },
   );
 
-  async function forward(expect: ExpectedReply, request: FastifyRequest, reply: FastifyReply) {
+  function reserveQuota(request: FastifyRequest) {
+    const { client } = request;
+    const perDay = request.routeOptions.config.countsTowardQuota
+      ? client?.quota?.upstreamCallsPerDay
+      : undefined;
+    return app.quota.reserve(client?.id ?? 'anonymous', perDay);
+  }
+
+  function callUpstream(request: FastifyRequest, expect: ExpectedReply) {
     const path = request.routeOptions.config.upstreamPath;
     if (path === undefined) throw new Error('route is missing config.upstreamPath');
-    const { client } = request;
-    const reservation = await app.quota.reserve(
-      client?.id ?? 'anonymous',
-      request.routeOptions.config.countsTowardQuota
-        ? client?.quota?.upstreamCallsPerDay
-        : undefined,
-    );
-    let billed = false;
-    try {
-      const answer = await app.upstream.call({
-        path,
-        body: JSON.stringify(request.body),
-        expect,
-        traceId: request.id,
-        report: request.report,
-        log: request.log,
-      });
-      // The upstream bills successful results only; anything else gives the unit back.
-      billed = answer.status >= 200 && answer.status < 300;
-      return reply.code(answer.status).type('application/json; charset=utf-8').send(answer.body);
-    } finally {
-      if (!billed) await reservation.release();
-    }
+    return app.upstream.call({
+      path,
+      body: JSON.stringify(request.body),
+      expect,
+      traceId: request.id,
+      report: request.report,
+      log: request.log,
+    });
   }
 };
 

@@ -1,0 +1,56 @@
+/** The upstream client's public shapes, free of runtime imports. */
+
+export type UpstreamPath = '/captcha/recognition/hcaptcha' | '/captcha/tasks';
+
+/** What the caller wants back: a sync solution, an async task id, or any JSON (task polling). */
+export type ExpectedReply = 'solution' | 'task_id' | 'json';
+
+/** Minimal logger shape (pino-compatible) so the core stays framework-free. */
+export interface CoreLogger {
+  error(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+/** Filled in while the call runs, so the completion log line has it even when the call fails. */
+export interface UpstreamCallReport {
+  /** Status of the last attempt; unset when it got no response. */
+  upstream_status?: number;
+  /** From the first attempt's start to the last one's end, backoff included. */
+  upstream_ms?: number;
+  upstream_trace_id?: string;
+  /** Upstream requests sent beyond the first (transient retries and token switches). */
+  retries: number;
+}
+
+export interface UpstreamCall {
+  path: UpstreamPath;
+  /** Serialized JSON body, exactly what is forwarded. */
+  body: string;
+  expect: ExpectedReply;
+  traceId: string;
+  report: UpstreamCallReport;
+  log: CoreLogger;
+}
+
+/** An upstream answer to pass through unchanged: status and the exact body bytes. */
+export interface UpstreamReply {
+  status: number;
+  body: Buffer;
+  json: unknown;
+  /** The upstream's `retry-after` header, if any. */
+  retryAfter?: string;
+}
+
+/** Circuit breaker state as reported to /readyz and metrics. */
+export type CircuitLabel = 'closed' | 'open' | 'half_open';
+
+/** Hooks for metrics; each is called synchronously and must not throw. */
+export interface UpstreamEvents {
+  /** A request is about to be re-sent: `status_503`, `ECONNRESET`, `token_rejected`, … */
+  onRetry?(reason: string): void;
+  onCircuitState?(state: CircuitLabel): void;
+  /** A token left rotation; `fingerprint` is the first 8 hex of its SHA-256. */
+  onTokenDisabled?(fingerprint: string): void;
+  /** One upstream request ended, with its status (or 'error': no response) and duration. */
+  onAttempt?(status: number | 'error', ms: number): void;
+}
