@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -214,5 +215,59 @@ describe('server process: serving over a real socket', () => {
       expect(server.stderr()).toBe('');
     },
     BOUND_MS * 2,
+  );
+
+  it(
+    'drains on SIGTERM: every in-flight request is answered, new connections are refused, exit 0',
+    async () => {
+      const clientsFile = join(dir, 'clients.json');
+      await writeClientsFile(clientsFile, {
+        clients: [{ id: 'process-test', keySha256: hashClientKey(CLIENT_KEY) }],
+      });
+      const server = startServer(
+        baseEnv({
+          ACEDATA_API_TOKEN: FAKE_UPSTREAM_DEFAULT_TOKEN,
+          ACEDATA_BASE_URL: fake.url,
+          GATEWAY_CLIENTS_FILE: clientsFile,
+        }),
+        dir,
+      );
+      const port = await within(listeningPort(server), BOUND_MS, 'listening');
+      fake.reset();
+      fake.setLatency(800);
+      const url = `http://127.0.0.1:${port}/captcha/recognition/hcaptcha`;
+      const inFlight = Array.from({ length: 20 }, (_, i) =>
+        fetch(url, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${CLIENT_KEY}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ question: `question ${i}`, queries: [PNG_1X1] }),
+        }).then(async (r) => ({ status: r.status, body: await r.text() })),
+      );
+      await expect.poll(() => fake.callCount(), { timeout: BOUND_MS }).toBe(20);
+      server.child.kill('SIGTERM');
+      await expect
+        .poll(() => server.stdout().includes('draining: finishing in-flight requests'), {
+          timeout: BOUND_MS,
+        })
+        .toBe(true);
+      // The listener is closed: a new connection is refused while the old ones finish.
+      await expect(
+        new Promise((resolve, reject) => {
+          const socket = connect(port, '127.0.0.1');
+          socket.once('connect', () => {
+            socket.destroy();
+            resolve('connected');
+          });
+          socket.once('error', reject);
+        }),
+      ).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+      const answers = await within(Promise.all(inFlight), BOUND_MS, 'in-flight answers');
+      expect(answers.map((a) => a.status)).toEqual(Array(20).fill(200));
+      for (const answer of answers) expect(JSON.parse(answer.body)).toHaveProperty('solution');
+      const exit = await within(server.exited, BOUND_MS, 'exit after SIGTERM');
+      expect(exit).toEqual({ code: 0, signal: null });
+      fake.setLatency(0);
+    },
+    BOUND_MS * 3,
   );
 });

@@ -84,6 +84,7 @@ export interface DailyQuotaOptions {
   /** While the shared counter fails: count per replica (`allow`) or refuse (`deny`). */
   onStoreError: StoreErrorMode;
   onError?: (error: unknown) => void;
+  onRefused?: (clientId: string) => void;
   keyPrefix?: string;
 }
 
@@ -121,6 +122,7 @@ export class DailyQuota {
     const ttlSeconds = 2 * 86_400;
     const counter = await this.#counterFor(async (c) => c.reserve(key, perDay, ttlSeconds));
     if (counter.result === -1) {
+      this.#options.onRefused?.(clientId);
       const resetsAt = `${nextUtcMidnight(now).toISOString().slice(0, 19)}Z`;
       throw new GatewayError(
         'too_many_requests',

@@ -1,7 +1,14 @@
-import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { parseCacheControl } from '../cache/cached-answers.ts';
-import { recognitionRequestSchema, taskRequestSchema } from '../schemas/captcha.ts';
+import {
+  asyncSubmissionSchema,
+  errorEnvelopeSchema,
+  recognitionRequestSchema,
+  recognitionResponseSchema,
+  taskRequestSchema,
+  taskStatusSchema,
+} from '../schemas/captcha.ts';
 import type { ExpectedReply, UpstreamPath } from '../upstream/client.ts';
 
 declare module 'fastify' {
@@ -12,6 +19,12 @@ declare module 'fastify' {
 }
 
 const JSON_TYPE = 'application/json; charset=utf-8';
+
+/** Error answers every captcha route can give (the upstream's own pass through with its status). */
+const errorResponses = Object.fromEntries(
+  [400, 401, 404, 413, 415, 429, 500, 502, 503, 504].map((status) => [status, errorEnvelopeSchema]),
+);
+const security = [{ clientKey: [] }];
 
 /** The two drop-in routes: same paths and JSON as Ace Data Cloud, answered through the upstream. */
 export interface CaptchaRoutesOptions {
@@ -25,7 +38,15 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
   routes.post(
     '/captcha/recognition/hcaptcha',
     {
-      schema: { body: recognitionRequestSchema },
+      schema: {
+        tags: ['captcha'],
+        summary: 'Recognise an hCaptcha challenge (sync, or async with "async": true)',
+        description:
+          'Forwarded to Ace Data Cloud unchanged after validation; answers carry an RFC 9211 cache-status header.',
+        security,
+        body: recognitionRequestSchema,
+        response: { 200: recognitionResponseSchema.or(asyncSubmissionSchema), ...errorResponses },
+      },
       config: {
         auth: true,
         rateLimit: {},
@@ -45,26 +66,36 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
         deadline: Date.now() + options.upstreamTimeoutMs,
       });
       request.report.cache = answer.event;
-      return reply
-        .code(answer.status)
-        .header('cache-status', answer.cacheStatus)
-        .type(JSON_TYPE)
-        .send(answer.body);
+      reply.header('cache-status', answer.cacheStatus);
+      return sendUpstreamBytes(reply, answer);
     },
   );
 
   routes.post(
     '/captcha/tasks',
     {
-      schema: { body: taskRequestSchema },
+      schema: {
+        tags: ['captcha'],
+        summary: 'Poll an async recognition task (never cached)',
+        security,
+        body: taskRequestSchema,
+        response: { 200: taskStatusSchema, ...errorResponses },
+      },
       // Polling is free upstream and never cached: rate limited, not counted toward the quota.
       config: { auth: true, rateLimit: {}, upstreamPath: '/captcha/tasks' },
     },
     async (request, reply) => {
-      const answer = await callUpstream(request, 'json');
-      return reply.code(answer.status).type(JSON_TYPE).send(answer.body);
+      return sendUpstreamBytes(reply, await callUpstream(request, 'json'));
     },
   );
+
+  /**
+   * The upstream's status and exact bytes, unchanged (the response schemas describe them for the
+   * OpenAPI document; the bytes are not re-serialized).
+   */
+  function sendUpstreamBytes(reply: FastifyReply, answer: { status: number; body: Buffer }) {
+    return reply.code(answer.status).type(JSON_TYPE).send(answer.body);
+  }
 
   function reserveQuota(request: FastifyRequest) {
     const { client } = request;
