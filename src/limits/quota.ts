@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { GatewayError } from '../errors.ts';
+import { type StoreErrorMode, sharedOrLocal } from './store-fallback.ts';
 
 /** A counter store for daily quotas: reserve one unit below a limit, or give one back. */
 export interface QuotaCounter {
@@ -76,8 +77,6 @@ export class RedisQuotaCounter implements QuotaCounter {
   }
 }
 
-export type StoreErrorMode = 'allow' | 'deny';
-
 export interface DailyQuotaOptions {
   /** Shared counter (Redis); when absent, counters are per replica. */
   shared?: QuotaCounter;
@@ -141,28 +140,16 @@ export class DailyQuota {
     };
   }
 
-  async #counterFor(
+  #counterFor(
     op: (counter: QuotaCounter) => Promise<number>,
   ): Promise<{ store: QuotaCounter; result: number }> {
     const { shared } = this.#options;
-    if (shared) {
-      try {
-        return { store: shared, result: await op(shared) };
-      } catch (error) {
-        this.#options.onError?.(error);
-        if (this.#options.onStoreError === 'deny') {
-          throw new GatewayError(
-            'upstream_unavailable',
-            'the shared quota store is unreachable; retry later',
-            {
-              headers: { 'retry-after': '1' },
-              cause: error,
-            },
-          );
-        }
-      }
-    }
-    return { store: this.#fallback, result: await op(this.#fallback) };
+    return sharedOrLocal(
+      shared && (async () => ({ store: shared, result: await op(shared) })),
+      async () => ({ store: this.#fallback, result: await op(this.#fallback) }),
+      { mode: this.#options.onStoreError, onError: this.#options.onError },
+      'quota',
+    );
   }
 }
 

@@ -1,7 +1,6 @@
 import type { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
-import { GatewayError } from '../errors.ts';
-import type { StoreErrorMode } from './quota.ts';
+import { type StoreErrorMode, sharedOrLocal } from './store-fallback.ts';
 
 export interface WindowCount {
   /** Requests counted in the current window, this one included. */
@@ -52,30 +51,21 @@ export class WindowCounter {
     this.#local = new LRUCache({ max: options.maxLocalKeys ?? 10_000 });
   }
 
-  async incr(key: string, windowMs: number): Promise<WindowCount> {
+  incr(key: string, windowMs: number): Promise<WindowCount> {
     const { redis } = this.#options;
-    if (redis) {
-      try {
-        const [current, ttl] = (await redis.eval(INCR_LUA, 1, this.#prefix + key, windowMs)) as [
-          number,
-          number,
-        ];
-        return { current: Number(current), ttl: Number(ttl) };
-      } catch (error) {
-        this.#options.onError?.(error);
-        if (this.#options.onStoreError === 'deny') {
-          throw new GatewayError(
-            'upstream_unavailable',
-            'the shared rate-limit store is unreachable; retry later',
-            {
-              headers: { 'retry-after': '1' },
-              cause: error,
-            },
-          );
-        }
-      }
-    }
-    return this.#incrLocal(key, windowMs);
+    return sharedOrLocal(
+      redis &&
+        (async () => {
+          const [current, ttl] = (await redis.eval(INCR_LUA, 1, this.#prefix + key, windowMs)) as [
+            number,
+            number,
+          ];
+          return { current: Number(current), ttl: Number(ttl) };
+        }),
+      () => this.#incrLocal(key, windowMs),
+      { mode: this.#options.onStoreError, onError: this.#options.onError },
+      'rate-limit',
+    );
   }
 
   #incrLocal(key: string, windowMs: number): WindowCount {

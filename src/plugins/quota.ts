@@ -1,6 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import fp from 'fastify-plugin';
-import { DailyQuota, RedisQuotaCounter, type StoreErrorMode } from '../limits/quota.ts';
+import { DailyQuota, RedisQuotaCounter } from '../limits/quota.ts';
+import type { StoreErrorMode } from '../limits/store-fallback.ts';
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -2,7 +2,7 @@ import rateLimit, { type FastifyRateLimitStore } from '@fastify/rate-limit';
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { GatewayError } from '../errors.ts';
-import type { StoreErrorMode } from '../limits/quota.ts';
+import type { StoreErrorMode } from '../limits/store-fallback.ts';
 import { WindowCounter } from '../limits/window-counter.ts';
 
 export interface RateLimitPluginOptions {
