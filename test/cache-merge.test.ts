@@ -6,9 +6,8 @@ import {
   type MergeEvent,
   type MergePayload,
   type MergeResult,
-  RedisMerger,
-  type RedisMergerOptions,
 } from '../src/cache/merge.ts';
+import { RedisMerger, type RedisMergerOptions } from '../src/cache/redis-merge.ts';
 import { RedisCacheStore } from '../src/cache/redis-store.ts';
 import { GatewayError } from '../src/errors.ts';
 import { connectRedis, type SharedRedis } from '../src/redis.ts';

@@ -2,7 +2,8 @@ import type { FastifyPluginAsync } from 'fastify';
 import fp from 'fastify-plugin';
 import { CachedAnswers, type CacheEvent } from '../cache/cached-answers.ts';
 import { MemoryCacheStore } from '../cache/memory-store.ts';
-import { InflightMerger, type MergeEvent, RedisMerger } from '../cache/merge.ts';
+import { InflightMerger, type MergeEvent } from '../cache/merge.ts';
+import { RedisMerger } from '../cache/redis-merge.ts';
 import { RedisCacheStore } from '../cache/redis-store.ts';
 import type { CacheStore } from '../cache/store.ts';
 
