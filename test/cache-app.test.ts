@@ -1,14 +1,14 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
-  authHeaders,
   OTHER_CLIENT_KEY,
   PNG_1X1,
+  postJson,
+  RECOGNITION,
   startGateway,
   type TestGateway,
   validBody,
 } from './helpers.ts';
 
-const RECOGNITION = '/captcha/recognition/hcaptcha';
 let gw: TestGateway | undefined;
 
 afterEach(async () => {
@@ -17,18 +17,8 @@ afterEach(async () => {
   gw = undefined;
 });
 
-const send = (
-  g: TestGateway,
-  body: unknown = validBody(),
-  headers: Record<string, string> = {},
-  url = RECOGNITION,
-) =>
-  g.app.inject({
-    method: 'POST',
-    url,
-    headers: { ...authHeaders(), ...headers },
-    payload: JSON.stringify(body),
-  });
+const send = (g: TestGateway, body?: unknown, headers?: Record<string, string>, url?: string) =>
+  postJson(g, { body, headers, url });
 
 const cacheFields = (g: TestGateway) =>
   g

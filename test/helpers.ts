@@ -89,3 +89,18 @@ export const authHeaders = (key = CLIENT_KEY) => ({
   authorization: `Bearer ${key}`,
   'content-type': 'application/json',
 });
+
+export const RECOGNITION = '/captcha/recognition/hcaptcha';
+
+/** POSTs JSON to a captcha route as checkout-service (or `key`), with extra headers. */
+export function postJson(
+  g: TestGateway,
+  options: { body?: unknown; key?: string; headers?: Record<string, string>; url?: string } = {},
+) {
+  return g.app.inject({
+    method: 'POST',
+    url: options.url ?? RECOGNITION,
+    headers: { ...authHeaders(options.key), ...options.headers },
+    payload: JSON.stringify(options.body ?? validBody()),
+  });
+}

@@ -1,60 +1,25 @@
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { type FakeUpstream, startFakeUpstream } from '../dev/fake-upstream.ts';
+import { expect, it } from 'vitest';
 import {
-  authHeaders,
   type GatewayOptions,
   OTHER_CLIENT_KEY,
-  startGateway,
+  postJson,
   type TestGateway,
   validBody,
 } from './helpers.ts';
-import { canControlRedis, describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
+import { canControlRedis, describeWithRedis } from './redis-server.ts';
+import { replicasSharingRedis } from './replicas.ts';
 
-const RECOGNITION = '/captcha/recognition/hcaptcha';
-
-const send = (g: TestGateway, key?: string, body: unknown = validBody()) =>
-  g.app.inject({
-    method: 'POST',
-    url: RECOGNITION,
-    headers: authHeaders(key),
-    payload: JSON.stringify(body),
-  });
+const send = (g: TestGateway, key?: string, body?: unknown) => postJson(g, { key, body });
 
 describeWithRedis('limits and quotas shared through Redis', () => {
-  let redis: TestRedis;
-  let fake: FakeUpstream;
-  let gateways: TestGateway[] = [];
-
-  beforeAll(async () => {
-    redis = await startRedis();
-    fake = await startFakeUpstream();
-  });
-  afterAll(async () => {
-    await fake.close();
-    await redis.close();
-  });
-  afterEach(async () => {
-    await Promise.all(gateways.map((g) => g.close()));
-    gateways = [];
-    fake.reset();
-    if (canControlRedis) await redis.start().catch(() => {});
-  });
-
-  /** A replica: its own app, one shared fake upstream, one shared Redis, fresh key namespace. */
-  async function replica(limits: GatewayOptions['limits'], env: Record<string, string> = {}) {
-    const g = await startGateway(
-      { REDIS_URL: redis.url, UPSTREAM_TIMEOUT_MS: '2000', ...env },
-      { fake, limits },
-    );
-    gateways.push(g);
-    await expect.poll(() => g.app.redis?.isReady()).toBe(true);
-    return g;
-  }
-  const flush = async (g: TestGateway) => g.app.redis?.client.flushall();
+  const shared = replicasSharingRedis();
+  const replica = (limits: GatewayOptions['limits'], env: Record<string, string> = {}) =>
+    shared.replica({ UPSTREAM_TIMEOUT_MS: '2000', ...env }, limits);
+  const flush = () => shared.flush();
 
   it('one instance: the limit, the headers, the 429 envelope, and a second client unaffected', async () => {
     const g = await replica({ rateLimit: { max: 2, windowSeconds: 60 } });
-    await flush(g);
+    await flush();
     const first = await send(g);
     expect(first.statusCode).toBe(200);
     expect(first.headers['ratelimit-limit']).toBe('2');
@@ -65,7 +30,7 @@ describeWithRedis('limits and quotas shared through Redis', () => {
     expect(refused.json()).toMatchObject({ success: false, error: { code: 'too_many_requests' } });
     expect(refused.headers['retry-after']).toBeDefined();
     // The second request was a cache hit, and hits count toward the limit.
-    expect(fake.callCount()).toBe(1);
+    expect(shared.fake.callCount()).toBe(1);
     expect((await send(g, OTHER_CLIENT_KEY)).statusCode).toBe(200);
   });
 
@@ -75,7 +40,7 @@ describeWithRedis('limits and quotas shared through Redis', () => {
       await replica({ rateLimit: { max: 10, windowSeconds: 60 } }),
       await replica({ rateLimit: { max: 10, windowSeconds: 60 } }),
     ];
-    await flush(replicas[0] as TestGateway);
+    await flush();
     const results = await Promise.all(
       Array.from({ length: 40 }, (_, i) =>
         send(replicas[i % 3] as TestGateway, undefined, validBody({ n: i })),
@@ -84,27 +49,27 @@ describeWithRedis('limits and quotas shared through Redis', () => {
     const statuses = results.map((r) => r.statusCode);
     expect(statuses.filter((s) => s === 200)).toHaveLength(10);
     expect(statuses.filter((s) => s === 429)).toHaveLength(30);
-    expect(fake.callCount()).toBe(10);
+    expect(shared.fake.callCount()).toBe(10);
   });
 
   it('shares a daily quota across instances', async () => {
     const a = await replica({ quota: { upstreamCallsPerDay: 3 } });
     const b = await replica({ quota: { upstreamCallsPerDay: 3 } });
-    await flush(a);
+    await flush();
     const statuses = [];
     for (let i = 0; i < 6; i++)
       statuses.push((await send(i % 2 ? b : a, undefined, validBody({ n: i }))).statusCode);
     expect(statuses).toEqual([200, 200, 200, 429, 429, 429]);
-    expect(fake.callCount()).toBe(3);
+    expect(shared.fake.callCount()).toBe(3);
   });
 
   it.runIf(canControlRedis)(
     'allow: with Redis stopped requests still answer promptly, limited per replica; limits resume after restart',
     async () => {
       const g = await replica({ rateLimit: { max: 2, windowSeconds: 60 } });
-      await flush(g);
+      await flush();
       expect((await send(g)).statusCode).toBe(200);
-      await redis.stop();
+      await shared.redis.stop();
       const started = performance.now();
       const during = [await send(g), await send(g), await send(g)];
       // Bounded by the fail-fast Redis settings (connect 1 s, command 0.5 s), never a hang.
@@ -113,7 +78,7 @@ describeWithRedis('limits and quotas shared through Redis', () => {
       const ready = await g.app.inject({ method: 'GET', url: '/readyz' });
       expect(ready.statusCode).toBe(503);
       expect(ready.json().failed).toEqual({ redis: 'redis is configured but unreachable' });
-      await redis.start();
+      await shared.redis.start();
       await expect.poll(() => g.app.redis?.isReady(), { timeout: 5_000 }).toBe(true);
       // Redis came back empty: its shared window starts again from zero.
       expect((await send(g)).statusCode).toBe(200);
@@ -135,9 +100,9 @@ describeWithRedis('limits and quotas shared through Redis', () => {
         { rateLimit: { max: 100, windowSeconds: 60 } },
         { RATE_LIMIT_ON_STORE_ERROR: 'deny' },
       );
-      await flush(g);
+      await flush();
       expect((await send(g)).statusCode).toBe(200);
-      await redis.stop();
+      await shared.redis.stop();
       const refused = await send(g);
       expect(refused.statusCode).toBe(503);
       expect(refused.json()).toMatchObject({
@@ -145,8 +110,8 @@ describeWithRedis('limits and quotas shared through Redis', () => {
         error: { code: 'upstream_unavailable' },
       });
       expect(refused.headers['retry-after']).toBe('1');
-      expect(fake.callCount()).toBe(1);
-      await redis.start();
+      expect(shared.fake.callCount()).toBe(1);
+      await shared.redis.start();
       await expect.poll(() => g.app.redis?.isReady(), { timeout: 5_000 }).toBe(true);
       expect((await send(g)).statusCode).toBe(200);
     },

@@ -1,14 +1,13 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
-  authHeaders,
   OTHER_CLIENT_KEY,
   PNG_1X1,
+  postJson,
   startGateway,
   type TestGateway,
   validBody,
 } from './helpers.ts';
 
-const RECOGNITION = '/captcha/recognition/hcaptcha';
 let gw: TestGateway | undefined;
 
 afterEach(async () => {
@@ -17,8 +16,8 @@ afterEach(async () => {
   gw = undefined;
 });
 
-const send = (g: TestGateway, key?: string, body: unknown = validBody(), url = RECOGNITION) =>
-  g.app.inject({ method: 'POST', url, headers: authHeaders(key), payload: JSON.stringify(body) });
+const send = (g: TestGateway, key?: string, body?: unknown, url?: string) =>
+  postJson(g, { key, body, url });
 
 describe('per-client rate limit (in memory)', () => {
   it('admits max requests with ratelimit headers, then answers 429 without calling upstream', async () => {

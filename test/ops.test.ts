@@ -1,16 +1,16 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  authHeaders,
   CLIENT_KEY,
   OTHER_CLIENT_KEY,
   PNG_1X1,
+  postJson,
+  RECOGNITION,
   startGateway,
   type TestGateway,
   UPSTREAM_TOKEN,
   validBody,
 } from './helpers.ts';
 
-const RECOGNITION = '/captcha/recognition/hcaptcha';
 let gw: TestGateway | undefined;
 
 afterEach(async () => {
@@ -18,13 +18,7 @@ afterEach(async () => {
   gw = undefined;
 });
 
-const send = (g: TestGateway, body: unknown = validBody(), key = CLIENT_KEY) =>
-  g.app.inject({
-    method: 'POST',
-    url: RECOGNITION,
-    headers: authHeaders(key),
-    payload: JSON.stringify(body),
-  });
+const send = (g: TestGateway, body?: unknown, key?: string) => postJson(g, { body, key });
 
 /** `name{labels} value` lines of the exposition text, as a lookup by the part before the value. */
 function samples(text: string): Map<string, number> {

@@ -150,23 +150,29 @@ describe('server process: serving over a real socket', () => {
     await fake.close();
   });
 
+  /** The real server with one client, pointed at the fake upstream; resolves once it listens. */
+  async function startServing() {
+    const clientsFile = join(dir, 'clients.json');
+    await writeClientsFile(clientsFile, {
+      clients: [{ id: 'process-test', keySha256: hashClientKey(CLIENT_KEY) }],
+    });
+    const server = startServer(
+      baseEnv({
+        ACEDATA_API_TOKEN: FAKE_UPSTREAM_DEFAULT_TOKEN,
+        ACEDATA_BASE_URL: fake.url,
+        GATEWAY_CLIENTS_FILE: clientsFile,
+      }),
+      dir,
+    );
+    const port = await within(listeningPort(server), BOUND_MS, 'listening');
+    fake.reset();
+    return { server, port };
+  }
+
   it(
     'answers a recognition request through the upstream, logs JSON, and exits 0 on SIGTERM',
     async () => {
-      const clientsFile = join(dir, 'clients.json');
-      await writeClientsFile(clientsFile, {
-        clients: [{ id: 'process-test', keySha256: hashClientKey(CLIENT_KEY) }],
-      });
-      const server = startServer(
-        baseEnv({
-          ACEDATA_API_TOKEN: FAKE_UPSTREAM_DEFAULT_TOKEN,
-          ACEDATA_BASE_URL: fake.url,
-          GATEWAY_CLIENTS_FILE: clientsFile,
-        }),
-        dir,
-      );
-      const port = await within(listeningPort(server), BOUND_MS, 'listening');
-      fake.reset();
+      const { server, port } = await startServing();
 
       const response = await fetch(`http://127.0.0.1:${port}/captcha/recognition/hcaptcha`, {
         method: 'POST',
@@ -220,20 +226,7 @@ describe('server process: serving over a real socket', () => {
   it(
     'drains on SIGTERM: every in-flight request is answered, new connections are refused, exit 0',
     async () => {
-      const clientsFile = join(dir, 'clients.json');
-      await writeClientsFile(clientsFile, {
-        clients: [{ id: 'process-test', keySha256: hashClientKey(CLIENT_KEY) }],
-      });
-      const server = startServer(
-        baseEnv({
-          ACEDATA_API_TOKEN: FAKE_UPSTREAM_DEFAULT_TOKEN,
-          ACEDATA_BASE_URL: fake.url,
-          GATEWAY_CLIENTS_FILE: clientsFile,
-        }),
-        dir,
-      );
-      const port = await within(listeningPort(server), BOUND_MS, 'listening');
-      fake.reset();
+      const { server, port } = await startServing();
       fake.setLatency(800);
       const url = `http://127.0.0.1:${port}/captcha/recognition/hcaptcha`;
       const inFlight = Array.from({ length: 20 }, (_, i) =>
