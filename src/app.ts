@@ -14,6 +14,7 @@ import { GatewayMetrics } from './metrics.ts';
 import auth from './plugins/auth.ts';
 import cache from './plugins/cache.ts';
 import health from './plugins/health.ts';
+import jsonBody from './plugins/json-body.ts';
 import metricsPlugin from './plugins/metrics.ts';
 import opsRoutes from './plugins/ops-routes.ts';
 import quota from './plugins/quota.ts';
@@ -163,7 +164,6 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   // Response schemas document the API; answers are upstream bytes passed through, and the
   // envelopes are built by one function, so nothing is re-validated on the way out.
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
-  useJsonBodies(app);
   useGatewayErrors(app);
 
   // First, so that it sees every route that follows.
@@ -193,6 +193,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     maxEntries: config.CACHE_MAX_ENTRIES,
     onCacheEvent: metrics.cacheEvent,
   });
+  await app.register(jsonBody);
   await app.register(captchaRoutes, { upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS });
 
   const ops = {
@@ -219,16 +220,6 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     });
   }
   return app;
-}
-
-/** JSON only: text/plain (a Fastify default) must answer 415, not reach validation. */
-function useJsonBodies(app: FastifyInstance): void {
-  const parseJson = app.getDefaultJsonParser('error', 'error');
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
-    request.report.body_bytes = (body as Buffer).length;
-    parseJson(request, body as Buffer as unknown as string, done);
-  });
 }
 
 /** The path of an unmatched URL, without the query and cut short, for the 404 message. */

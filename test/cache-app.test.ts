@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
+  authHeaders,
   OTHER_CLIENT_KEY,
   PNG_1X1,
   postJson,
@@ -172,5 +173,65 @@ describe('request merging in one process', () => {
     expect(gw.fake.callCount()).toBe(1);
     // checkout-service owned the call and used its one unit.
     expect((await send(gw, validBody({ question: 'new' }))).statusCode).toBe(429);
+  });
+});
+
+describe('repeats of byte-identical bodies', () => {
+  it('are answered from the cache without parsing the body again', async () => {
+    gw = await startGateway();
+    const payload = JSON.stringify(validBody({ queries: [PNG_1X1, PNG_1X1] }));
+    const first = await send(gw, JSON.parse(payload));
+    expect(first.headers['cache-status']).toBe('acedata-gateway; fwd=uri-miss; stored');
+    const parse = vi.spyOn(JSON, 'parse');
+    let repeat: Awaited<ReturnType<typeof send>>;
+    try {
+      repeat = await gw.app.inject({
+        method: 'POST',
+        url: RECOGNITION,
+        headers: authHeaders(),
+        payload,
+      });
+      expect(
+        parse.mock.calls.filter(([text]) => String(text).length === payload.length),
+      ).toHaveLength(0);
+    } finally {
+      parse.mockRestore();
+    }
+    expect(repeat.statusCode).toBe(200);
+    expect(repeat.headers['cache-status']).toBe('acedata-gateway; hit');
+    expect(repeat.rawPayload.equals(first.rawPayload)).toBe(true);
+    expect(gw.fake.callCount()).toBe(1);
+    const line = gw.logs().find((l) => l.trace_id === repeat.headers['x-request-id']);
+    expect(line).toMatchObject({
+      cache: 'hit',
+      images: 2,
+      body_bytes: payload.length,
+      status: 200,
+    });
+  });
+
+  it('still check the key and count toward the rate limit', async () => {
+    gw = await startGateway({}, { limits: { rateLimit: { max: 2, windowSeconds: 60 } } });
+    const payload = JSON.stringify(validBody());
+    const inject = (headers: Record<string, string>) =>
+      (gw as TestGateway).app.inject({ method: 'POST', url: RECOGNITION, headers, payload });
+    expect((await inject(authHeaders())).statusCode).toBe(200);
+    expect(
+      (await inject(authHeaders('agw_wrong_key_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'))).statusCode,
+    ).toBe(401);
+    expect((await inject(authHeaders())).headers['cache-status']).toBe('acedata-gateway; hit');
+    expect((await inject(authHeaders())).statusCode).toBe(429);
+  });
+
+  it('go the long way once the cached answer has expired, or with cache-control: no-cache', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    gw = await startGateway({ CACHE_TTL_SECONDS: '10' });
+    await send(gw);
+    expect(
+      (await send(gw, validBody(), { 'cache-control': 'no-cache' })).headers['cache-status'],
+    ).toBe('acedata-gateway; fwd=request; stored');
+    vi.advanceTimersByTime(10_001);
+    expect((await send(gw)).headers['cache-status']).toBe('acedata-gateway; fwd=uri-miss; stored');
+    expect(gw.fake.callCount()).toBe(3);
   });
 });

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import type { QuotaReservation } from '../limits/quota.ts';
 import type { UpstreamReply } from '../upstream/client.ts';
 import { type CacheKeyBody, cacheKey } from './key.ts';
@@ -35,6 +37,19 @@ export interface AnswerRequest {
   callUpstream: () => Promise<UpstreamReply>;
   /** Epoch ms after which a merged waiter gives up. */
   deadline: number;
+  /** `rawDigest()` of the request's exact bytes, remembered when the answer is cacheable. */
+  rawDigest?: string;
+}
+
+/** What a repeat of byte-identical request needs to be answered before it is even parsed. */
+interface RawEntry {
+  key: string;
+  images: number;
+}
+
+/** A cache hit found from the raw request bytes alone. */
+export interface RawHit extends Answer {
+  images: number;
 }
 
 export interface Answer {
@@ -64,6 +79,12 @@ export class CachedAnswers {
   readonly #merger: RequestMerger;
   readonly #ttlSeconds: number;
   readonly #onEvent: (event: CacheEvent) => void;
+  /**
+   * Raw-bytes digest → cache key, for requests answered from the cache or stored. Bytes identical
+   * to a request that was validated and answered need no parsing or validation again: a repeat is
+   * recognised from a hash of its body alone (docs/benchmarks.md, hit scenario).
+   */
+  readonly #rawIndex: LRUCache<string, RawEntry> | undefined;
 
   constructor(options: {
     /** Undefined when caching is off (CACHE_TTL_SECONDS=0); merging still applies. */
@@ -71,11 +92,38 @@ export class CachedAnswers {
     merger: RequestMerger;
     ttlSeconds: number;
     onEvent?: (event: CacheEvent) => void;
+    /** Bound of the raw-bytes index; CACHE_MAX_ENTRIES. */
+    maxEntries: number;
   }) {
     this.#store = options.ttlSeconds > 0 ? options.store : undefined;
+    this.#rawIndex = this.#store ? new LRUCache({ max: options.maxEntries }) : undefined;
     this.#merger = options.merger;
     this.#ttlSeconds = options.ttlSeconds;
     this.#onEvent = options.onEvent ?? (() => {});
+  }
+
+  /** Identifies a request by its route and exact body bytes (undefined when caching is off). */
+  rawDigest(route: string, body: Buffer): string | undefined {
+    if (!this.#rawIndex) return undefined;
+    return createHash('sha256').update(route).update('\0').update(body).digest('base64');
+  }
+
+  /** A cache hit for bytes seen before, without parsing them; undefined means "go the long way". */
+  async rawHit(rawDigest: string): Promise<RawHit | undefined> {
+    const entry = this.#rawIndex?.get(rawDigest);
+    if (!entry || !this.#store) return undefined;
+    const cached = await this.#store.get(entry.key);
+    if (!cached) return undefined;
+    return {
+      ...this.#finish({ ...cached, event: 'hit', cacheStatus: `${CACHE_NAME}; hit` }),
+      images: entry.images,
+    };
+  }
+
+  #rememberRaw(request: AnswerRequest, key: string): void {
+    if (request.rawDigest !== undefined) {
+      this.#rawIndex?.set(request.rawDigest, { key, images: request.body.queries.length });
+    }
   }
 
   async answer(request: AnswerRequest): Promise<Answer> {
@@ -95,8 +143,10 @@ export class CachedAnswers {
     const store = this.#store;
     if (store && !directives.noCache) {
       const cached = await store.get(key);
-      if (cached)
+      if (cached) {
+        this.#rememberRaw(request, key);
         return this.#finish({ ...cached, event: 'hit', cacheStatus: `${CACHE_NAME}; hit` });
+      }
     }
 
     const reservation = await request.reserveQuota();
@@ -136,6 +186,7 @@ export class CachedAnswers {
           cacheStatus: `${CACHE_NAME}; fwd=bypass`,
         });
       const stored = 'stored' in merged.value && merged.value.stored === true;
+      if (stored) this.#rememberRaw(request, key);
       const fwd = directives.noCache ? 'request' : 'uri-miss';
       return this.#finish({
         status,

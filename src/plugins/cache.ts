@@ -40,6 +40,7 @@ const cache: FastifyPluginAsync<CachePluginOptions> = async (app, options) => {
       store,
       merger,
       ttlSeconds: options.ttlSeconds,
+      maxEntries: options.maxEntries,
       onEvent: options.onCacheEvent,
     }),
   );

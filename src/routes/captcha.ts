@@ -51,7 +51,17 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
         auth: true,
         rateLimit: {},
         countsTowardQuota: true,
+        answerRepeatsFromRawBytes: true,
         upstreamPath: '/captcha/recognition/hcaptcha',
+      },
+      // A repeat of bytes answered before was found by the body parser: answer it, skip validation.
+      preValidation: async (request, reply) => {
+        const hit = request.rawHit;
+        if (!hit) return;
+        request.report.images = hit.images;
+        request.report.cache = hit.event;
+        reply.header('cache-status', hit.cacheStatus);
+        return sendUpstreamBytes(reply, hit);
       },
     },
     async (request, reply) => {
@@ -64,6 +74,7 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
         reserveQuota: () => reserveQuota(request),
         callUpstream: () => callUpstream(request, body.async === true ? 'task_id' : 'solution'),
         deadline: Date.now() + options.upstreamTimeoutMs,
+        rawDigest: request.rawDigest,
       });
       request.report.cache = answer.event;
       reply.header('cache-status', answer.cacheStatus);

@@ -1,0 +1,73 @@
+import type { FastifyPluginAsync } from 'fastify';
+import fp from 'fastify-plugin';
+import type { RawHit } from '../cache/cached-answers.ts';
+import { parseCacheControl } from '../cache/cached-answers.ts';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The exact request bytes (JSON routes), e.g. to forward them unchanged. */
+    rawBody: Buffer | undefined;
+    /** The body as parsed, before validation transformed it. */
+    parsedBody: unknown;
+    /** `answers.rawDigest()` of the body, on routes that answer repeats from raw bytes. */
+    rawDigest: string | undefined;
+    /** Set when the body's exact bytes were answered before and the answer is still cached. */
+    rawHit: RawHit | undefined;
+  }
+  interface FastifyContextConfig {
+    /** Repeats of byte-identical bodies are answered from the cache before parsing. */
+    answerRepeatsFromRawBytes?: boolean;
+  }
+}
+
+/** Marks a body that was not parsed because its bytes were answered from the cache. */
+const NOT_PARSED = Object.freeze({});
+
+/**
+ * JSON is the only body type (text/plain, a Fastify default, must answer 415, not reach
+ * validation). The parser keeps the raw bytes, and on routes that opt in it answers a repeat of
+ * byte-identical bytes from the cache without parsing or validating them again: they were
+ * validated when their answer was stored.
+ */
+const jsonBody: FastifyPluginAsync = async (app) => {
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.decorateRequest('rawBody', undefined);
+  app.decorateRequest('parsedBody', undefined);
+  app.decorateRequest('rawDigest', undefined);
+  app.decorateRequest('rawHit', undefined);
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+    const raw = body as Buffer;
+    request.rawBody = raw;
+    request.report.body_bytes = raw.length;
+    const parse = () =>
+      parseJson(request, raw as unknown as string, (error, parsed) => {
+        request.parsedBody = parsed;
+        done(error, parsed);
+      });
+    const directives = parseCacheControl(request.headers['cache-control']);
+    if (
+      !request.routeOptions.config.answerRepeatsFromRawBytes ||
+      directives.noCache ||
+      directives.noStore
+    ) {
+      return parse();
+    }
+    request.rawDigest = app.answers.rawDigest(request.routeOptions.url ?? '', raw);
+    if (request.rawDigest === undefined) return parse();
+    app.answers.rawHit(request.rawDigest).then(
+      (hit) => {
+        if (!hit) return parse();
+        request.rawHit = hit;
+        done(null, NOT_PARSED);
+      },
+      () => parse(),
+    );
+  });
+};
+
+export default fp(jsonBody, {
+  name: 'json-body',
+  fastify: '5.x',
+  dependencies: ['request-context', 'cache'],
+});
