@@ -5,10 +5,6 @@ import { parseCacheControl } from '../cache/cached-answers.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The exact request bytes (JSON routes), e.g. to forward them unchanged. */
-    rawBody: Buffer | undefined;
-    /** The body as parsed, before validation transformed it. */
-    parsedBody: unknown;
     /** `answers.rawDigest()` of the body, on routes that answer repeats from raw bytes. */
     rawDigest: string | undefined;
     /** Set when the body's exact bytes were answered before and the answer is still cached. */
@@ -25,26 +21,20 @@ const NOT_PARSED = Object.freeze({});
 
 /**
  * JSON is the only body type (text/plain, a Fastify default, must answer 415, not reach
- * validation). The parser keeps the raw bytes, and on routes that opt in it answers a repeat of
+ * validation). On routes that opt in, the parser answers a repeat of
  * byte-identical bytes from the cache without parsing or validating them again: they were
  * validated when their answer was stored.
  */
 const jsonBody: FastifyPluginAsync = async (app) => {
   const parseJson = app.getDefaultJsonParser('error', 'error');
-  app.decorateRequest('rawBody', undefined);
-  app.decorateRequest('parsedBody', undefined);
   app.decorateRequest('rawDigest', undefined);
   app.decorateRequest('rawHit', undefined);
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
     const raw = body as Buffer;
-    request.rawBody = raw;
     request.report.body_bytes = raw.length;
-    const parse = () =>
-      parseJson(request, raw as unknown as string, (error, parsed) => {
-        request.parsedBody = parsed;
-        done(error, parsed);
-      });
+    // The default parser accepts a Buffer (secure-json-parse decodes it); its type says string.
+    const parse = () => parseJson(request, raw as unknown as string, done);
     const directives = parseCacheControl(request.headers['cache-control']);
     if (
       !request.routeOptions.config.answerRepeatsFromRawBytes ||
