@@ -1,5 +1,9 @@
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, {
+  type FastifyInstance,
+  type FastifyRequest,
+  type FastifyServerOptions,
+} from 'fastify';
 import {
   jsonSchemaTransform,
   jsonSchemaTransformObject,
@@ -9,6 +13,7 @@ import type { OpenAPIV3 } from 'openapi-types';
 import { ClientRegistry } from './clients/registry.ts';
 import type { Config } from './config.ts';
 import { errorEnvelope, toGatewayError } from './errors.ts';
+import { answerFrameworkError, clientErrorHandler } from './http-errors.ts';
 import { UpstreamGate } from './limits/upstream-gate.ts';
 import { GatewayMetrics } from './metrics.ts';
 import auth from './plugins/auth.ts';
@@ -48,7 +53,12 @@ declare module 'fastify' {
 export function serverTimeouts(config: Config) {
   return {
     /** Receiving a whole request (headers and body) from a client; slow senders are cut off. */
-    requestTimeout: 30_000,
+    requestTimeout: config.REQUEST_TIMEOUT_MS,
+    http: {
+      // Node's own default (60 s) would govern the body too; and it checks only every 30 s.
+      headersTimeout: config.REQUEST_TIMEOUT_MS,
+      connectionsCheckingInterval: 1_000,
+    },
     /** Idle socket: must outlast the upstream deadline, or a slow answer would be cut. */
     connectionTimeout: config.UPSTREAM_TIMEOUT_MS + 10_000,
     /** Longer than common load balancers' 60 s idle timeout so they close first. */
@@ -108,6 +118,8 @@ function fastifyOptions(config: Config, deps: AppDeps): FastifyServerOptions {
     // Draining is answered by the health plugin, with the error envelope.
     return503OnClosing: false,
     ...serverTimeouts(config),
+    frameworkErrors: answerFrameworkError,
+    clientErrorHandler,
   };
 }
 
@@ -123,17 +135,7 @@ function useGatewayErrors(app: FastifyInstance): void {
       .headers(gatewayError.headers)
       .send(errorEnvelope(gatewayError.code, gatewayError.message, request.id));
   });
-  app.setNotFoundHandler((request, reply) =>
-    reply
-      .code(404)
-      .send(
-        errorEnvelope(
-          'no_api',
-          `no route for ${request.method} ${routePath(request.url)}`,
-          request.id,
-        ),
-      ),
-  );
+  app.setNotFoundHandler((request, reply) => reply.code(404).send(notFound(request)));
 }
 
 export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
@@ -173,6 +175,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     transformObject: jsonSchemaTransformObject,
   });
   await app.register(requestContext);
+  answerUnknownRoutesEarly(app);
   await app.register(health);
   await app.register(redisPlugin, { url: config.REDIS_URL });
   await app.register(upstreamPlugin, { client: upstream });
@@ -213,6 +216,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await app.ready();
     useGatewayErrors(admin);
     await admin.register(requestContext);
+    answerUnknownRoutesEarly(admin);
     await admin.register(opsRoutes, {
       metrics: ops.metrics,
       // Registered above with `openapi: '3.0.3'`, so the generated document is an OpenAPI 3.0 one.
@@ -220,6 +224,25 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     });
   }
   return app;
+}
+
+/**
+ * Answers an unknown route before its body is read: nobody should be able to make the gateway
+ * read (or reject as 400/413/415) a body it will never use. Added after the request context, so
+ * the answer carries the trace id.
+ */
+function answerUnknownRoutesEarly(app: FastifyInstance): void {
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.is404) return reply.code(404).send(notFound(request));
+  });
+}
+
+function notFound(request: FastifyRequest) {
+  return errorEnvelope(
+    'no_api',
+    `no route for ${request.method} ${routePath(request.url)}`,
+    request.id,
+  );
 }
 
 /** The path of an unmatched URL, without the query and cut short, for the 404 message. */

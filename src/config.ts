@@ -57,6 +57,8 @@ export const configSchema = z.object({
   /** Per token: the pool's rate is this times the number of tokens (upstream allows 60/s per token). */
   UPSTREAM_RATE_PER_SECOND: intFrom(1).default(50),
   UPSTREAM_QUEUE_MAX: intFrom(0).default(1_000),
+  /** A client must send its whole request (headers and body) within this; slower ones get 408. */
+  REQUEST_TIMEOUT_MS: intFrom(1_000).default(30_000),
   // Resilience (issue 5).
   CIRCUIT_BREAKER_THRESHOLD: intFrom(1).default(5),
   CIRCUIT_BREAKER_COOLDOWN_MS: intFrom(100).default(30_000),

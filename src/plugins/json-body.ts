@@ -1,7 +1,9 @@
+import { isUtf8 } from 'node:buffer';
 import type { FastifyPluginAsync } from 'fastify';
 import fp from 'fastify-plugin';
 import type { RawHit } from '../cache/cached-answers.ts';
 import { parseCacheControl } from '../cache/cached-answers.ts';
+import { GatewayError } from '../errors.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -33,8 +35,13 @@ const jsonBody: FastifyPluginAsync = async (app) => {
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
     const raw = body as Buffer;
     request.report.body_bytes = raw.length;
-    // The default parser accepts a Buffer (secure-json-parse decodes it); its type says string.
-    const parse = () => parseJson(request, raw as unknown as string, done);
+    // JSON text is UTF-8 (RFC 8259 §8.1). Decoding other bytes would replace them with U+FFFD and
+    // forward a question the client never sent; refuse them instead. The default parser accepts
+    // a Buffer (secure-json-parse decodes it); its type says string.
+    const parse = () =>
+      isUtf8(raw)
+        ? parseJson(request, raw as unknown as string, done)
+        : done(new GatewayError('bad_request', 'request body is not valid UTF-8'), undefined);
     const directives = parseCacheControl(request.headers['cache-control']);
     if (
       !request.routeOptions.config.answerRepeatsFromRawBytes ||

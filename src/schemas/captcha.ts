@@ -1,8 +1,24 @@
 import { z } from 'zod';
 import { imageQuerySchema } from './image.ts';
+import { jsonShapeProblem } from './json-shape.ts';
 
 export const MAX_QUESTION_CHARS = 500;
 export const MAX_QUERIES = 18;
+
+/**
+ * Rejects a body the gateway could not forward unchanged (see json-shape.ts): too deeply nested,
+ * or holding a number beyond the double range. Names the top-level field, never echoes values.
+ */
+function forwardableBody(body: Record<string, unknown>, ctx: z.RefinementCtx): void {
+  const problem = jsonShapeProblem(body);
+  if (problem === undefined) return;
+  ctx.addIssue({
+    code: 'custom',
+    message: problem.message,
+    path: problem.field === undefined ? [] : [problem.field],
+    input: undefined,
+  });
+}
 
 /**
  * `POST /captcha/recognition/hcaptcha` body. Unknown fields pass through unchanged (the upstream
@@ -30,6 +46,7 @@ export const recognitionRequestSchema = z
       .optional()
       .meta({ description: 'Submit as a task and poll /captcha/tasks' }),
   })
+  .superRefine(forwardableBody)
   .meta({ id: 'RecognitionRequest' });
 
 export type RecognitionRequest = z.output<typeof recognitionRequestSchema>;
@@ -42,6 +59,7 @@ export const taskRequestSchema = z
       .min(1, 'must not be empty')
       .max(256, 'must be at most 256 characters'),
   })
+  .superRefine(forwardableBody)
   .meta({ id: 'TaskRequest' });
 
 export type TaskRequest = z.output<typeof taskRequestSchema>;

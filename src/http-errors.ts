@@ -1,0 +1,67 @@
+import { randomUUID } from 'node:crypto';
+import type { Socket } from 'node:net';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { errorEnvelope, type GatewayErrorCode } from './errors.ts';
+
+/** Node's parser errors we answer (others, like a reset, have nobody left to answer). */
+const CLIENT_ERRORS: Readonly<
+  Record<string, { status: number; code: GatewayErrorCode; message: string }>
+> = {
+  ERR_HTTP_REQUEST_TIMEOUT: {
+    status: 408,
+    code: 'bad_request',
+    message: 'the request was not received in full within the request timeout',
+  },
+  HPE_HEADER_OVERFLOW: {
+    status: 431,
+    code: 'request_too_large',
+    message: 'request headers exceed the size limit',
+  },
+};
+const MALFORMED = { status: 400, code: 'bad_request', message: 'malformed HTTP request' } as const;
+const REASONS: Readonly<Record<number, string>> = {
+  400: 'Bad Request',
+  408: 'Request Timeout',
+  431: 'Request Header Fields Too Large',
+};
+
+/**
+ * Requests Node's HTTP parser rejects never reach Fastify (no route, no hooks): answer them with the
+ * envelope and a trace id anyway, and log one completion line so they are not invisible. The
+ * request is unreadable, so its own x-request-id cannot be trusted: a fresh id is used. Fastify
+ * calls this with the instance as `this`.
+ */
+export function clientErrorHandler(
+  this: FastifyInstance,
+  error: NodeJS.ErrnoException,
+  socket: Socket,
+): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const answer = CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED;
+  const traceId = randomUUID();
+  const body = JSON.stringify(errorEnvelope(answer.code, answer.message, traceId));
+  this.log.info(
+    { trace_id: traceId, route: 'unmatched', status: answer.status, client_error: error.code },
+    'request completed',
+  );
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${answer.status} ${REASONS[answer.status]}\r\n` +
+        `content-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+        `x-request-id: ${traceId}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
+}
+
+/** A URL Fastify cannot decode (`/%zz`) never reaches a route: answer it like any bad request. */
+export function answerFrameworkError(
+  _error: Error,
+  request: FastifyRequest,
+  reply: FastifyReply,
+): void {
+  reply
+    .code(400)
+    .header('x-request-id', request.id)
+    .send(errorEnvelope('bad_request', 'the request URL is malformed', request.id));
+}

@@ -1,0 +1,115 @@
+import { connect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { authHeaders, startGateway, type TestGateway, validBody } from './helpers.ts';
+
+/** Requests that never reach a route still get the envelope, a trace id and a log line. */
+let gw: TestGateway;
+let port: number;
+
+beforeAll(async () => {
+  gw = await startGateway({ REQUEST_TIMEOUT_MS: '1000' });
+  await gw.app.listen({ host: '127.0.0.1', port: 0 });
+  const address = gw.app.server.address();
+  port = typeof address === 'object' && address ? address.port : 0;
+});
+afterAll(async () => {
+  await gw.close();
+});
+
+/** Sends raw bytes and resolves with everything the server wrote before closing. */
+function rawExchange(
+  request: string,
+  { endAfterMs }: { endAfterMs?: number } = {},
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    let received = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      received += chunk;
+    });
+    socket.on('close', () => resolve(received));
+    socket.on('error', reject);
+    socket.write(request);
+  });
+}
+
+function parse(raw: string) {
+  const [head = '', body = ''] = raw.split('\r\n\r\n');
+  const [statusLine = '', ...headerLines] = head.split('\r\n');
+  const headers = Object.fromEntries(
+    headerLines.map((line) => {
+      const at = line.indexOf(':');
+      return [line.slice(0, at).toLowerCase(), line.slice(at + 1).trim()];
+    }),
+  );
+  return { status: Number(statusLine.split(' ')[1]), headers, body: JSON.parse(body) };
+}
+
+describe('errors before routing', () => {
+  it('answers a URL that cannot be decoded with the envelope', async () => {
+    const res = await gw.app.inject({ method: 'GET', url: '/%zz' });
+    expect(res.statusCode).toBe(400);
+    expect(res.json()).toEqual({
+      success: false,
+      error: { code: 'bad_request', message: 'the request URL is malformed' },
+      trace_id: res.headers['x-request-id'],
+    });
+  });
+
+  it.each([
+    ['a malformed JSON body', 'application/json', '{'],
+    ['a text body', 'text/plain', 'hello'],
+    ['an empty JSON body', 'application/json', ''],
+  ])(
+    'answers an unknown route 404 no_api before reading %s',
+    async (_why, contentType, payload) => {
+      const res = await gw.app.inject({
+        method: 'POST',
+        url: '/captcha/recognition/nothing',
+        headers: { 'content-type': contentType },
+        payload,
+      });
+      expect(res.statusCode).toBe(404);
+      expect(res.json()).toMatchObject({
+        error: { code: 'no_api' },
+        trace_id: res.headers['x-request-id'],
+      });
+    },
+  );
+
+  it('answers a request the HTTP parser rejects with the envelope and logs it', async () => {
+    const raw = await rawExchange('GET /healthz HTTP/1.1\r\nhost: x\r\nx-bad\x01header: 1\r\n\r\n');
+    const res = parse(raw);
+    expect(res.status).toBe(400);
+    expect(res.body).toEqual({
+      success: false,
+      error: { code: 'bad_request', message: 'malformed HTTP request' },
+      trace_id: res.headers['x-request-id'],
+    });
+    expect(res.headers.connection).toBe('close');
+    expect(
+      gw.logs().some((l) => l.trace_id === res.body.trace_id && l.msg === 'request completed'),
+    ).toBe(true);
+  });
+
+  it('cuts off a client that sends its body too slowly with 408, while others are served', async () => {
+    const body = JSON.stringify(validBody());
+    const headers = Object.entries({ ...authHeaders(), 'content-length': String(body.length) })
+      .map(([name, value]) => `${name}: ${value}\r\n`)
+      .join('');
+    const slow = rawExchange(
+      `POST /captcha/recognition/hcaptcha HTTP/1.1\r\nhost: x\r\n${headers}\r\n{"quest`,
+    );
+    const other = await gw.app.inject({ method: 'GET', url: '/healthz' });
+    expect(other.statusCode).toBe(200);
+    const res = parse(await slow);
+    expect(res.status).toBe(408);
+    expect(res.body).toMatchObject({
+      success: false,
+      error: { code: 'bad_request' },
+      trace_id: res.headers['x-request-id'],
+    });
+    expect(gw.fake.callCount()).toBe(0);
+  });
+});
