@@ -113,3 +113,38 @@ describe('errors before routing', () => {
     expect(gw.fake.callCount()).toBe(0);
   });
 });
+
+describe('a client that leaves before its answer', () => {
+  it('gets exactly one completion line (499) and one count, and its paid answer is still cached', async () => {
+    gw.fake.setLatency(300);
+    const body = JSON.stringify(validBody({ question: 'the client will leave' }));
+    const headers = Object.entries({ ...authHeaders(), 'content-length': String(body.length) })
+      .map(([name, value]) => `${name}: ${value}\r\n`)
+      .join('');
+    const socket = connect(port, '127.0.0.1');
+    socket.write(`POST /captcha/recognition/hcaptcha HTTP/1.1\r\nhost: x\r\n${headers}\r\n${body}`);
+    await expect.poll(() => gw.fake.callCount()).toBe(1);
+    socket.destroy();
+    await expect.poll(() => gw.logs().filter((l) => l.status === 499).length).toBe(1);
+    // The upstream answer arrives after the client left: it is stored, and logs no second line.
+    const metricsText = async () => (await gw.app.inject({ method: 'GET', url: '/metrics' })).body;
+    await expect.poll(metricsText).toContain('gateway_cache_events_total{event="miss"} 1');
+    gw.fake.setLatency(0);
+    const lines = gw
+      .logs()
+      .filter((l) => l.msg === 'request completed' && l.route === '/captcha/recognition/hcaptcha');
+    const leaver = lines.filter((l) => l.status === 499);
+    expect(leaver).toHaveLength(1);
+    expect(lines.filter((l) => l.trace_id === leaver[0]?.trace_id)).toHaveLength(1);
+    const repeat = await gw.app.inject({
+      method: 'POST',
+      url: '/captcha/recognition/hcaptcha',
+      headers: authHeaders(),
+      payload: body,
+    });
+    expect(repeat.headers['cache-status']).toBe('acedata-gateway; hit');
+    expect(await metricsText()).toContain(
+      'gateway_requests_total{route="/captcha/recognition/hcaptcha",status="499",client="checkout-service"} 1',
+    );
+  });
+});

@@ -12,17 +12,21 @@ export interface MetricsPluginOptions {
   metrics: GatewayMetrics;
 }
 
-/** Counts every answered request. The `/metrics` route itself lives in the operations routes. */
+/** Counts every completed request. The `/metrics` route itself lives in the operations routes. */
 const metricsPlugin: FastifyPluginAsync<MetricsPluginOptions> = async (app, { metrics }) => {
   app.decorate('metrics', metrics);
-  app.addHook('onResponse', async (request, reply) => {
+  app.onRequestCompleted((request, status, durationMs) => {
     metrics.observeRequest(
       request.routeOptions.url ?? 'unmatched',
-      reply.statusCode,
+      status,
       request.client?.id,
-      reply.elapsedTime / 1000,
+      durationMs / 1000,
     );
   });
 };
 
-export default fp(metricsPlugin, { name: 'metrics', fastify: '5.x', dependencies: ['auth'] });
+export default fp(metricsPlugin, {
+  name: 'metrics',
+  fastify: '5.x',
+  dependencies: ['request-context', 'auth'],
+});
