@@ -232,8 +232,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
  * the answer carries the trace id.
  */
 function answerUnknownRoutesEarly(app: FastifyInstance): void {
-  app.addHook('onRequest', async (request, reply) => {
-    if (request.is404) return reply.code(404).send(notFound(request));
+  app.addHook('onRequest', (request, reply, done) => {
+    if (request.is404) reply.code(404).send(notFound(request));
+    else done();
   });
 }
 

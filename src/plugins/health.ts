@@ -52,20 +52,23 @@ const health: FastifyPluginAsync = async (app) => {
 
   // Answers finished while draining close their connection, so the listener can shut without
   // waiting out keep-alive timeouts.
-  app.addHook('onSend', async (_request, reply) => {
+  app.addHook('onSend', (_request, reply, payload, done) => {
     if (draining) reply.header('connection', 'close');
+    done(null, payload);
   });
 
   // Requests that arrive on kept-alive connections while draining: refuse them, and close.
-  app.addHook('onRequest', async (request, reply) => {
-    if (!draining || request.routeOptions.config.servedWhileDraining) return;
+  app.addHook('onRequest', (request, reply, done) => {
+    if (!draining || request.routeOptions.config.servedWhileDraining) return done();
     reply.header('connection', 'close');
-    throw new GatewayError(
-      'upstream_unavailable',
-      'the gateway is shutting down; retry on another instance',
-      {
-        headers: { 'retry-after': '1' },
-      },
+    done(
+      new GatewayError(
+        'upstream_unavailable',
+        'the gateway is shutting down; retry on another instance',
+        {
+          headers: { 'retry-after': '1' },
+        },
+      ),
     );
   });
 

@@ -121,9 +121,10 @@ const requestContext: FastifyPluginAsync = async (app) => {
   });
   app.decorateRequest('report', null as unknown as RequestReport);
 
-  app.addHook('onRequest', async (request, reply) => {
+  app.addHook('onRequest', (request, reply, done) => {
     request.report = { retries: 0, [kStartedAt]: performance.now() } as Tracked;
     reply.header('x-request-id', request.id);
+    done();
   });
 
   app.addHook('onRequestAbort', async (request) => {
