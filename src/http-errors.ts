@@ -2,6 +2,12 @@ import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { errorEnvelope, type GatewayErrorCode } from './errors.ts';
+import {
+  completeRequest,
+  completeUnparsedRequest,
+  requestServedOn,
+  trackRequest,
+} from './plugins/request-context.ts';
 
 /** Node's parser errors we answer (others, like a reset, have nobody left to answer). */
 const CLIENT_ERRORS: Readonly<
@@ -27,9 +33,9 @@ const REASONS: Readonly<Record<number, string>> = {
 
 /**
  * Requests Node's HTTP parser rejects never reach Fastify (no route, no hooks): answer them with the
- * envelope and a trace id anyway, and log one completion line so they are not invisible. The
- * request is unreadable, so its own x-request-id cannot be trusted: a fresh id is used. Fastify
- * calls this with the instance as `this`.
+ * envelope and a trace id anyway, and log one completion line so they are not invisible. An
+ * unreadable request's own x-request-id cannot be trusted: a fresh id is used. Fastify calls this
+ * with the instance as `this`.
  */
 export function clientErrorHandler(
   this: FastifyInstance,
@@ -38,12 +44,11 @@ export function clientErrorHandler(
 ): void {
   if (error.code === 'ECONNRESET' || socket.destroyed) return;
   const answer = CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED;
-  const traceId = randomUUID();
+  // A request timeout hits a request Fastify already knows (its headers were read): answer and
+  // log it as that request, under its own trace id. Otherwise nothing was readable.
+  const request = requestServedOn(socket);
+  const traceId = request?.id ?? randomUUID();
   const body = JSON.stringify(errorEnvelope(answer.code, answer.message, traceId));
-  this.log.info(
-    { trace_id: traceId, route: 'unmatched', status: answer.status, client_error: error.code },
-    'request completed',
-  );
   if (socket.writable) {
     socket.write(
       `HTTP/1.1 ${answer.status} ${REASONS[answer.status]}\r\n` +
@@ -51,6 +56,8 @@ export function clientErrorHandler(
         `x-request-id: ${traceId}\r\nconnection: close\r\n\r\n${body}`,
     );
   }
+  if (request) completeRequest(request, answer.status, { clientError: error.code });
+  else completeUnparsedRequest(this, traceId, answer.status, error.code);
   socket.destroy();
 }
 
@@ -60,8 +67,11 @@ export function answerFrameworkError(
   request: FastifyRequest,
   reply: FastifyReply,
 ): void {
+  // No hook runs for such a request, and Fastify writes no completion line for it: do both here.
+  trackRequest(request);
   reply
     .code(400)
     .header('x-request-id', request.id)
     .send(errorEnvelope('bad_request', 'the request URL is malformed', request.id));
+  completeRequest(request, 400);
 }

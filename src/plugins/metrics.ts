@@ -15,13 +15,8 @@ export interface MetricsPluginOptions {
 /** Counts every completed request. The `/metrics` route itself lives in the operations routes. */
 const metricsPlugin: FastifyPluginAsync<MetricsPluginOptions> = async (app, { metrics }) => {
   app.decorate('metrics', metrics);
-  app.onRequestCompleted((request, status, durationMs) => {
-    metrics.observeRequest(
-      request.routeOptions.url ?? 'unmatched',
-      status,
-      request.client?.id,
-      durationMs / 1000,
-    );
+  app.onRequestCompleted(({ route, status, clientId, durationMs }) => {
+    metrics.observeRequest(route, status, clientId, durationMs / 1000);
   });
 };
 

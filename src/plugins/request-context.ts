@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import {
+  type FastifyInstance,
   type FastifyPluginAsync,
   type FastifyReply,
   type FastifyRequest,
@@ -34,12 +36,16 @@ export function traceIdFor(req: IncomingMessage): string {
 /** Status logged for a request whose client went away before the answer (nginx's 499). */
 export const CLIENT_CLOSED_REQUEST = 499;
 
+/** One completed (or abandoned) request, as metrics see it. */
+export interface Completion {
+  route: string;
+  status: number;
+  clientId: string | undefined;
+  durationMs: number;
+}
+
 /** Called once per request when it completes, e.g. to count it. */
-export type CompletionListener = (
-  request: FastifyRequest,
-  status: number,
-  durationMs: number,
-) => void;
+export type CompletionListener = (completion: Completion) => void;
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -51,27 +57,49 @@ declare module 'fastify' {
 const kCompleted = Symbol('completed');
 const kStartedAt = Symbol('startedAt');
 const kListeners = Symbol('completionListeners');
-type Tracked = RequestReport & { [kCompleted]?: boolean; [kStartedAt]?: number };
+type Tracked = RequestReport & { [kCompleted]?: boolean; [kStartedAt]: number };
+type WithListeners = { [kListeners]?: CompletionListener[] };
+
+/** The request a socket is serving, so a parser error on that socket is logged as that request. */
+const requestOnSocket = new WeakMap<Socket, FastifyRequest>();
+
+/** Starts tracking a request: its report, its start time, and the socket it arrived on. */
+export function trackRequest(request: FastifyRequest): void {
+  request.report = { retries: 0, [kStartedAt]: performance.now() } as Tracked;
+  if (request.raw.socket) requestOnSocket.set(request.raw.socket, request);
+}
+
+/** The request being served on `socket`, if any. */
+export function requestServedOn(socket: Socket): FastifyRequest | undefined {
+  return requestOnSocket.get(socket);
+}
+
+function notify(app: object, completion: Completion): void {
+  for (const listener of (app as WithListeners)[kListeners] ?? []) listener(completion);
+}
 
 /**
  * Writes the request's one completion line and tells the listeners, exactly once: a client that
  * disconnects while its request waits on the upstream is logged as 499 when it leaves, and the
  * late answer (if Fastify ever finishes it) does not log again.
  */
-function completeRequest(
+export function completeRequest(
   request: FastifyRequest,
   status: number,
-  durationMs: number,
-  error?: Error | null,
+  details: { error?: Error | null; clientError?: string } = {},
 ): void {
   const report = request.report as Tracked | null;
   if (!report || report[kCompleted]) return;
   report[kCompleted] = true;
-  const failed = error != null || status >= 500;
+  const { socket } = request.raw;
+  if (socket && requestOnSocket.get(socket) === request) requestOnSocket.delete(socket);
+  const durationMs = performance.now() - report[kStartedAt];
+  const route = request.routeOptions.url ?? 'unmatched';
+  const failed = details.error != null || status >= 500;
   request.log[failed ? 'warn' : 'info'](
     {
       client: report.client,
-      route: request.routeOptions.url ?? 'unmatched',
+      route,
       method: request.method,
       status,
       duration_ms: Math.round(durationMs * 100) / 100,
@@ -82,14 +110,26 @@ function completeRequest(
       retries: report.retries,
       images: report.images,
       body_bytes: report.body_bytes,
-      ...(error ? { response_error: error.message } : {}),
+      ...(details.error ? { response_error: details.error.message } : {}),
+      ...(details.clientError ? { client_error: details.clientError } : {}),
     },
     'request completed',
   );
-  const listeners = (request.server as unknown as { [kListeners]?: CompletionListener[] })[
-    kListeners
-  ];
-  for (const listener of listeners ?? []) listener(request, status, durationMs);
+  notify(request.server, { route, status, clientId: report.client, durationMs });
+}
+
+/** The completion line of an answer given before any request existed (an unparseable request). */
+export function completeUnparsedRequest(
+  app: FastifyInstance,
+  traceId: string,
+  status: number,
+  clientError: string | undefined,
+): void {
+  app.log.info(
+    { trace_id: traceId, route: 'unmatched', status, client_error: clientError },
+    'request completed',
+  );
+  notify(app, { route: 'unmatched', status, clientId: undefined, durationMs: 0 });
 }
 
 /**
@@ -108,7 +148,7 @@ export class CompletionLogController extends LogController {
     request: FastifyRequest,
     reply: FastifyReply,
   ): void {
-    completeRequest(request, reply.statusCode, reply.elapsedTime, error);
+    completeRequest(request, reply.statusCode, { error });
   }
 }
 
@@ -122,14 +162,14 @@ const requestContext: FastifyPluginAsync = async (app) => {
   app.decorateRequest('report', null as unknown as RequestReport);
 
   app.addHook('onRequest', (request, reply, done) => {
-    request.report = { retries: 0, [kStartedAt]: performance.now() } as Tracked;
+    trackRequest(request);
     reply.header('x-request-id', request.id);
+    // Fastify's onRequestAbort fires only while the body is still arriving; a client that leaves
+    // while its request waits on the upstream is seen here, as a response closed unfinished.
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) completeRequest(request, CLIENT_CLOSED_REQUEST);
+    });
     done();
-  });
-
-  app.addHook('onRequestAbort', async (request) => {
-    const startedAt = (request.report as Tracked | null)?.[kStartedAt] ?? performance.now();
-    completeRequest(request, CLIENT_CLOSED_REQUEST, performance.now() - startedAt);
   });
 };
 

@@ -1,0 +1,252 @@
+// npm run bench [-- --smoke] [--only hit,miss,concurrency] [--duration S] [--rounds N]
+//                 [--profile | --no-profile] [--render]
+//
+// Full run: writes bench/results.json and docs/benchmarks.md. --smoke: a few seconds, every
+// scenario and peer, results to a temp file, never fails on a number. --only: results to a temp
+// file, docs untouched. Profiles of the gateway are taken for the scenarios whose targets were
+// missed, unless --no-profile (--profile: always). --render: docs again from bench/results.json.
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, release, tmpdir, totalmem, type } from 'node:os';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import {
+  GATEWAY_ENV,
+  NGINX_WORKERS,
+  nginxPath,
+  startFake,
+  startFloor,
+  startGateway,
+  startHttpProxy,
+  startNginx,
+} from './peers.ts';
+import { stopAll } from './processes.ts';
+import { checkTargets, consoleReport, markdown, type Results } from './report.ts';
+import {
+  type Context,
+  concurrencyAndMerge,
+  hit,
+  isProfiled,
+  miss,
+  profile,
+  readProfile,
+  type Settings,
+  startProfiledGateway,
+} from './scenarios.ts';
+
+const SCENARIOS = ['hit', 'miss', 'concurrency'] as const;
+/** At most this much time goes into taking runs again that other processes disturbed. */
+const RETRY_BUDGET_SECONDS = 180;
+type Scenario = (typeof SCENARIOS)[number];
+
+const { values: args } = parseArgs({
+  options: {
+    smoke: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    duration: { type: 'string' },
+    rounds: { type: 'string' },
+    profile: { type: 'boolean' },
+    render: { type: 'boolean', default: false },
+  },
+  allowNegative: true,
+});
+
+const FULL: Settings = {
+  smoke: false,
+  duration: 10,
+  warmup: 2,
+  rounds: 3,
+  connections: 50,
+  concurrency: { requests: 2000, latencyMs: 10_000, bodyBytes: 20_000 },
+  merge: { requests: 200, latencyMs: 2_000 },
+  profileSeconds: 10,
+};
+const SMOKE: Settings = {
+  smoke: true,
+  duration: 0.2,
+  warmup: 0,
+  rounds: 1,
+  connections: 50,
+  concurrency: { requests: 200, latencyMs: 500, bodyBytes: 20_000 },
+  merge: { requests: 20, latencyMs: 200 },
+  profileSeconds: 0.2,
+};
+
+function positive(name: string, raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  const value = Number(raw);
+  if (!(value > 0)) throw new Error(`--${name} must be a positive number, got ${raw}`);
+  return value;
+}
+
+function selected(): Set<Scenario> {
+  if (args.only === undefined) return new Set(SCENARIOS);
+  const names = args.only.split(',').map((s) => s.trim());
+  for (const name of names) {
+    if (!SCENARIOS.includes(name as Scenario)) {
+      throw new Error(
+        `--only takes ${SCENARIOS.join(', ')} (merge runs with concurrency); got ${name}`,
+      );
+    }
+  }
+  return new Set(names as Scenario[]);
+}
+
+const RESULTS = new URL('./results.json', import.meta.url).pathname;
+const DOCS = new URL('../docs/benchmarks.md', import.meta.url).pathname;
+
+/** --render: docs/benchmarks.md again from bench/results.json, without measuring. */
+function render(): void {
+  const results = JSON.parse(readFileSync(RESULTS, 'utf8')) as Results;
+  console.log(consoleReport(results));
+  writeAtomically(DOCS, markdown(results));
+  console.log(`docs: ${DOCS}`);
+}
+
+async function main(): Promise<void> {
+  if (args.render) return render();
+  const base = args.smoke ? SMOKE : FULL;
+  const settings: Settings = {
+    ...base,
+    duration: positive('duration', args.duration) ?? base.duration,
+    rounds: positive('rounds', args.rounds) ?? base.rounds,
+  };
+  const only = selected();
+  const started = performance.now();
+  const dir = mkdtempSync(join(tmpdir(), 'agw-bench-'));
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  const nginx = nginxPath();
+  const log = (line: string) =>
+    console.log(`[${((performance.now() - started) / 1000).toFixed(1).padStart(5)} s] ${line}`);
+  const retryBudgetSeconds = settings.smoke ? 0 : RETRY_BUDGET_SECONDS;
+  const ctx: Context = { settings, dir, log, retryBudgetSeconds };
+  const cpu = cpus();
+  const command = [
+    process.env.npm_lifecycle_event === 'bench' ? 'npm run bench' : 'node bench/run.ts',
+    ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : []),
+  ].join(' ');
+  const partial: Omit<Results, 'targets'> = {
+    date: new Date().toISOString(),
+    command,
+    revision: revision(),
+    smoke: settings.smoke,
+    machine: {
+      cpus: cpu.length,
+      cpuModel: cpu[0]?.model.trim() ?? 'unknown',
+      node: process.version,
+      memoryGiB: totalmem() / 2 ** 30,
+      os: `${type()} ${release()}`,
+    },
+    settings: { ...settings, gateway: { ...GATEWAY_ENV }, nginxWorkers: NGINX_WORKERS },
+    profiles: {},
+  };
+  console.log(
+    `bench: ${command} (${settings.smoke ? 'smoke' : `${settings.duration} s × ${settings.rounds} rounds`})`,
+  );
+  if (!nginx) console.log('bench: nginx is not installed; its rows are skipped');
+
+  try {
+    // Every server a scenario needs starts first, all at once: none starts during a measurement.
+    const fake = await startFake(0);
+    const gateway = (cacheTtlSeconds: number) =>
+      startGateway({ upstreamUrl: fake.url, cacheTtlSeconds, dir });
+    // A smoke run profiles the scenarios' own gateways, so that part of the harness keeps working.
+    const profiled = (which: 'hit' | 'miss') => startProfiledGateway(ctx, fake, which);
+    const [hitServers, missServers, burstGateway] = await Promise.all([
+      only.has('hit')
+        ? Promise.all([settings.smoke ? profiled('hit') : gateway(3600), startFloor()])
+        : undefined,
+      only.has('miss')
+        ? Promise.all([
+            settings.smoke ? profiled('miss') : gateway(0),
+            startHttpProxy(fake.url),
+            // nginx is a peer, not the subject: if it cannot start, its rows are skipped.
+            nginx
+              ? startNginx(nginx, fake.url, dir).catch((error: Error) => error.message)
+              : 'not installed (`which nginx` found nothing)',
+          ])
+        : undefined,
+      only.has('concurrency') ? gateway(3600) : undefined,
+    ]);
+    log('servers started');
+
+    if (hitServers) {
+      log('hit: warm cache, ~100 KB image');
+      partial.hit = await hit(ctx, { gateway: hitServers[0], floor: hitServers[1] });
+    }
+    if (missServers) {
+      log('miss: cache off, unique ~2 KB bodies, upstream latency 0');
+      const [missGateway, proxy, nginxServer] = missServers;
+      const result = await miss(ctx, { fake, gateway: missGateway, proxy, nginx: nginxServer });
+      if (typeof nginxServer === 'string') log(`nginx skipped: ${nginxServer}`);
+      partial.miss = result.throughput;
+      partial.latency = result.latency;
+    }
+    if (burstGateway) {
+      log(
+        `concurrency: ${settings.concurrency.requests} in flight, then merge: ${settings.merge.requests} identical`,
+      );
+      Object.assign(partial, await concurrencyAndMerge(ctx, { fake, gateway: burstGateway }));
+    }
+    const targets = checkTargets(partial);
+
+    // Profile the CPU-bound scenarios whose targets were missed (all of them with --profile).
+    const missed = (...scenarios: string[]) =>
+      targets.some((t) => scenarios.includes(t.scenario) && !t.met);
+    const wanted = {
+      hit: args.profile ?? missed('hit'),
+      miss: args.profile ?? missed('miss', 'latency'),
+    };
+    for (const which of ['hit', 'miss'] as const) {
+      const scenarioGateway = (which === 'hit' ? hitServers : missServers)?.[0];
+      if (scenarioGateway && isProfiled(scenarioGateway)) {
+        partial.profiles[which] = await readProfile(scenarioGateway, 0);
+      } else if (wanted[which] && only.has(which)) {
+        log(`profile: gateway under the ${which} load`);
+        partial.profiles[which] = await profile(ctx, await profiled(which));
+      }
+    }
+    const results: Results = { ...partial, targets };
+
+    console.log(`\n${consoleReport(results)}\n`);
+    if (settings.smoke)
+      console.log('smoke run: tiny runs on cold processes; the numbers mean nothing.');
+    const official = !settings.smoke && args.only === undefined;
+    const out = official
+      ? RESULTS
+      : join(tmpdir(), settings.smoke ? 'agw-bench-results.smoke.json' : 'agw-bench-results.json');
+    writeAtomically(out, `${JSON.stringify(results, null, 2)}\n`);
+    console.log(`results: ${out}`);
+    if (official) {
+      mkdirSync(dirname(DOCS), { recursive: true });
+      writeAtomically(DOCS, markdown(results));
+      console.log(`docs: ${DOCS}`);
+    }
+    console.log(`bench: done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  } finally {
+    await stopAll();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The commit measured, and the files under src/ and dev/ that differ from it. */
+function revision(): Results['revision'] {
+  const git = (...gitArgs: string[]) =>
+    spawnSync('git', gitArgs, { encoding: 'utf8' }).stdout?.trimEnd() ?? '';
+  const changed = git('status', '--porcelain', '--', 'src', 'dev')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => line.slice(3));
+  return { commit: git('rev-parse', '--short', 'HEAD') || 'unknown', changed };
+}
+
+function writeAtomically(path: string, text: string): void {
+  writeFileSync(`${path}.tmp`, text);
+  renameSync(`${path}.tmp`, path);
+}
+
+main().catch(async (error: unknown) => {
+  console.error('bench failed:', error);
+  await stopAll();
+  process.exit(1);
+});

@@ -1,0 +1,14 @@
+// The floor for any Node gateway that reads the body: a Fastify route that parses the JSON body
+// with the default parser and answers a fixed small JSON. Fastify defaults (no logger).
+import Fastify from 'fastify';
+import { announce, urlOf } from './announce.ts';
+
+const ANSWER = {
+  solution: { label: 'bench', box: ['360', '276'], confidences: 0.635 },
+  elapsed: 0,
+};
+
+const app = Fastify({ bodyLimit: 4 * 1024 * 1024 });
+app.post('/captcha/recognition/hcaptcha', async () => ANSWER);
+await app.listen({ host: '127.0.0.1', port: 0 });
+announce(urlOf(app.server.address()), () => app.close());
