@@ -17,10 +17,7 @@ afterAll(async () => {
 });
 
 /** Sends raw bytes and resolves with everything the server wrote before closing. */
-function rawExchange(
-  request: string,
-  { endAfterMs }: { endAfterMs?: number } = {},
-): Promise<string> {
+function rawExchange(request: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
     let received = '';

@@ -259,7 +259,7 @@ describe('slow clients', () => {
       // "Every request gets exactly one such line" (README): each slow body has its 408 line under
       // its own id and nothing else (no 499 when the gateway itself closed the connection).
       expect(ownIdLines, "completion lines under the clients' own ids").toEqual({
-        [`slow-body 408`]: SLOW_BODIES,
+        'slow-body 408': SLOW_BODIES,
       });
     },
     budget(CUT_BOUND_MS + 30_000),
