@@ -44,7 +44,7 @@ function parse(raw: string) {
 }
 
 describe('errors before routing', () => {
-  it('answers a URL that cannot be decoded with the envelope', async () => {
+  it('answers a URL that cannot be decoded with the envelope, one log line and one count', async () => {
     const res = await gw.app.inject({ method: 'GET', url: '/%zz' });
     expect(res.statusCode).toBe(400);
     expect(res.json()).toEqual({
@@ -52,6 +52,12 @@ describe('errors before routing', () => {
       error: { code: 'bad_request', message: 'the request URL is malformed' },
       trace_id: res.headers['x-request-id'],
     });
+    const lines = gw.logs().filter((l) => l.trace_id === res.headers['x-request-id']);
+    expect(lines).toMatchObject([{ msg: 'request completed', status: 400, route: 'unmatched' }]);
+    const metrics = (await gw.app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(metrics).toContain(
+      'gateway_requests_total{route="unmatched",status="400",client="anonymous"} 1',
+    );
   });
 
   it.each([
@@ -96,17 +102,27 @@ describe('errors before routing', () => {
       .map(([name, value]) => `${name}: ${value}\r\n`)
       .join('');
     const slow = rawExchange(
-      `POST /captcha/recognition/hcaptcha HTTP/1.1\r\nhost: x\r\n${headers}\r\n{"quest`,
+      `POST /captcha/recognition/hcaptcha HTTP/1.1\r\nhost: x\r\nx-request-id: slow-1\r\n${headers}\r\n{"quest`,
     );
     const other = await gw.app.inject({ method: 'GET', url: '/healthz' });
     expect(other.statusCode).toBe(200);
     const res = parse(await slow);
     expect(res.status).toBe(408);
+    // The request was routed before it stalled: answered and logged as itself, once.
     expect(res.body).toMatchObject({
       success: false,
       error: { code: 'bad_request' },
-      trace_id: res.headers['x-request-id'],
+      trace_id: 'slow-1',
     });
+    expect(res.headers['x-request-id']).toBe('slow-1');
+    expect(gw.logs().filter((l) => l.trace_id === 'slow-1')).toMatchObject([
+      {
+        msg: 'request completed',
+        status: 408,
+        route: '/captcha/recognition/hcaptcha',
+        client_error: 'ERR_HTTP_REQUEST_TIMEOUT',
+      },
+    ]);
     expect(gw.fake.callCount()).toBe(0);
   });
 });

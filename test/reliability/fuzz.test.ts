@@ -907,7 +907,7 @@ describe('fuzz: after every request', () => {
       completion_lines_expected: expectedLines,
       generated_trace_ids: stats.generatedIds.size,
       generated_trace_ids_without_line: withoutLine.length,
-      // Not asserted: Σ gateway_requests_total against every answer before the final scrape.
+      // Σ gateway_requests_total against every answer before the final scrape.
       requests_total_metric: requestsTotal,
       answers_before_scrape: answersBeforeScrape,
       error_lines: stats.errorLines,
@@ -933,5 +933,7 @@ describe('fuzz: after every request', () => {
       `${withoutLine.length} answers without a completion line`,
     ).toEqual([]);
     expect(stats.completionLines).toBe(expectedLines);
+    // Every answer is counted too, including those given before routing.
+    expect(requestsTotal).toBe(answersBeforeScrape);
   });
 });
