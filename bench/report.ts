@@ -1,4 +1,5 @@
 // Targets, the console table, and docs/benchmarks.md, all from one results object.
+import { existsSync, readFileSync } from 'node:fs';
 import type { ProfileSummary } from './profile.ts';
 import {
   type ConcurrencyResult,
@@ -394,5 +395,11 @@ spent in the function itself, not in what it calls; percentages are of the proce
 
 ${[...profileTable('hit (cache on, ~100 KB image)', r.profiles.hit), ...profileTable('miss (cache off, unique ~2 KB bodies)', r.profiles.miss)].join('\n')}`
     : 'Every target was met, so no profile was taken.\n'
-}`;
+}${analysis()}`;
+}
+
+/** The hand-written explanation of missed targets (bench/analysis.md), when there is one. */
+function analysis(): string {
+  const path = new URL('./analysis.md', import.meta.url);
+  return existsSync(path) ? `\n${readFileSync(path, 'utf8')}` : '';
 }

@@ -114,8 +114,8 @@ export function deriveSolution(question: string, queries: readonly string[]) {
   return { label, box: ['360', '276'], confidences: 0.635 };
 }
 
-/** mulberry32: a tiny seeded PRNG, deterministic for a given seed. */
-function mulberry32(seed: number): () => number {
+/** mulberry32: a tiny seeded PRNG, deterministic for a given seed (the reliability suite uses it too). */
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

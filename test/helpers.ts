@@ -104,3 +104,16 @@ export function postJson(
     payload: JSON.stringify(options.body ?? validBody()),
   });
 }
+
+/** Rejects if `promise` has not settled within `ms`: a bound on waiting, not a timing assertion. */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not happen within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, bound]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

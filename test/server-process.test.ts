@@ -11,7 +11,7 @@ import {
   startFakeUpstream,
 } from '../dev/fake-upstream.ts';
 import { hashClientKey, writeClientsFile } from '../src/clients/registry.ts';
-import { PNG_1X1 } from './helpers.ts';
+import { PNG_1X1, within } from './helpers.ts';
 
 /** Absolute, so the child can run from an empty temp dir (no stray `.env` or clients.json). */
 const SERVER = fileURLToPath(new URL('../src/server.ts', import.meta.url));
@@ -52,19 +52,6 @@ function startServer(env: Record<string, string>, cwd: string): ServerProcess {
     });
   });
   return { child, stdout: () => stdout, stderr: () => stderr, exited };
-}
-
-/** Rejects if `promise` has not settled within `ms`: a bound on waiting, not a timing assertion. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not happen within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** The port from Fastify's "Server listening at http://127.0.0.1:<port>" line (PORT=0). */

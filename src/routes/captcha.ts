@@ -26,12 +26,12 @@ const errorResponses = Object.fromEntries(
 );
 const security = [{ clientKey: [] }];
 
-/** The two drop-in routes: same paths and JSON as Ace Data Cloud, answered through the upstream. */
 export interface CaptchaRoutesOptions {
   /** UPSTREAM_TIMEOUT_MS: a request merged into another's call waits at most this long. */
   upstreamTimeoutMs: number;
 }
 
+/** The two drop-in routes: same paths and JSON as Ace Data Cloud, answered through the upstream. */
 const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, options) => {
   const routes = app.withTypeProvider<ZodTypeProvider>();
 

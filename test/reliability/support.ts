@@ -7,6 +7,10 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { TestGateway } from '../helpers.ts';
 
+export { within } from '../helpers.ts';
+
+import { mulberry32 } from '../../dev/fake-upstream.ts';
+
 export const RECOGNITION = '/captcha/recognition/hcaptcha';
 export const TASKS = '/captcha/tasks';
 
@@ -15,17 +19,8 @@ export function report(part: string, figures: Record<string, unknown>): void {
   console.log(`[reliability] ${JSON.stringify({ part, ...figures })}`);
 }
 
-/** mulberry32: a small seeded PRNG, so a run can be repeated exactly. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small seeded PRNG (the fake upstream's), so a run can be repeated exactly. */
+export const seededRandom = mulberry32;
 
 export const pick = <T>(random: () => number, items: readonly T[]): T => {
   const item = items[Math.floor(random() * items.length)];
@@ -49,19 +44,6 @@ export function budget(ms: number): number {
 }
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** Rejects if `promise` has not settled within `ms`: a bound on waiting. */
-export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not happen within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Images
