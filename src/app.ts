@@ -150,12 +150,11 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       maxRetries: config.UPSTREAM_MAX_RETRIES,
       breakerThreshold: config.CIRCUIT_BREAKER_THRESHOLD,
       breakerCooldownMs: config.CIRCUIT_BREAKER_COOLDOWN_MS,
-      pool: { connections: config.UPSTREAM_MAX_CONCURRENCY },
+      pool: { connections: config.derived.upstreamMaxConcurrency },
       gate: new UpstreamGate({
-        maxConcurrency: config.UPSTREAM_MAX_CONCURRENCY,
-        // The upstream's limit is per token, so the pool's rate grows with its size.
-        ratePerSecond: config.UPSTREAM_RATE_PER_SECOND * config.ACEDATA_API_TOKEN.length,
-        maxQueued: config.UPSTREAM_QUEUE_MAX,
+        maxConcurrency: config.derived.upstreamMaxConcurrency,
+        ratePerSecond: config.derived.upstreamRatePerSecond,
+        maxQueued: config.derived.upstreamQueueMax,
       }),
       events: metrics.upstreamEvents,
     });

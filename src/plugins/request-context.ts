@@ -9,19 +9,31 @@ import {
   LogController,
 } from 'fastify';
 import fp from 'fastify-plugin';
+import type { CacheEvent } from '../cache/cached-answers.ts';
 import type { UpstreamCallReport } from '../upstream/client.ts';
+
+/** Which limit refused a request, for the log line, metrics and usage counts. */
+export type LimitName = 'rate_limit' | 'quota' | 'client_in_flight' | 'bytes_in_flight';
 
 /** Fields of the one completion log line that request handling fills in as it goes. */
 export interface RequestReport extends UpstreamCallReport {
   client?: string;
-  cache?: string;
+  cache?: CacheEvent;
   images?: number;
   body_bytes?: number;
+  /** The envelope code of an error the gateway answered with. */
+  error_code?: string;
+  /** The limit that refused this request, if one did. */
+  limit?: LimitName;
 }
 
 declare module 'fastify' {
   interface FastifyRequest {
     report: RequestReport;
+  }
+  interface FastifyContextConfig {
+    /** Completion line at debug level (health probes arrive every few seconds). */
+    quietLog?: boolean;
   }
 }
 
@@ -36,12 +48,17 @@ export function traceIdFor(req: IncomingMessage): string {
 /** Status logged for a request whose client went away before the answer (nginx's 499). */
 export const CLIENT_CLOSED_REQUEST = 499;
 
-/** One completed (or abandoned) request, as metrics see it. */
+/** One completed (or abandoned) request, as metrics and usage counters see it. */
 export interface Completion {
   route: string;
   status: number;
   clientId: string | undefined;
   durationMs: number;
+  cache: CacheEvent | undefined;
+  /** An upstream call made for this request was billed (the upstream answered 2xx). */
+  billed: boolean;
+  errorCode: string | undefined;
+  limit: LimitName | undefined;
 }
 
 /** Called once per request when it completes, e.g. to count it. */
@@ -96,7 +113,8 @@ export function completeRequest(
   const durationMs = performance.now() - report[kStartedAt];
   const route = request.routeOptions.url ?? 'unmatched';
   const failed = details.error != null || status >= 500;
-  request.log[failed ? 'warn' : 'info'](
+  const level = failed ? 'warn' : request.routeOptions.config?.quietLog ? 'debug' : 'info';
+  request.log[level](
     {
       client: report.client,
       route,
@@ -108,14 +126,27 @@ export function completeRequest(
       upstream_ms: report.upstream_ms,
       upstream_trace_id: report.upstream_trace_id,
       retries: report.retries,
+      retry_budget_exhausted: report.retry_budget_exhausted,
+      billed: report.billed,
       images: report.images,
       body_bytes: report.body_bytes,
+      error_code: report.error_code,
+      limit: report.limit,
       ...(details.error ? { response_error: details.error.message } : {}),
       ...(details.clientError ? { client_error: details.clientError } : {}),
     },
     'request completed',
   );
-  notify(request.server, { route, status, clientId: report.client, durationMs });
+  notify(request.server, {
+    route,
+    status,
+    clientId: report.client,
+    durationMs,
+    cache: report.cache,
+    billed: report.billed === true,
+    errorCode: report.error_code,
+    limit: report.limit,
+  });
 }
 
 /** The completion line of an answer given before any request existed (an unparseable request). */
@@ -129,7 +160,16 @@ export function completeUnparsedRequest(
     { trace_id: traceId, route: 'unmatched', status, client_error: clientError },
     'request completed',
   );
-  notify(app, { route: 'unmatched', status, clientId: undefined, durationMs: 0 });
+  notify(app, {
+    route: 'unmatched',
+    status,
+    clientId: undefined,
+    durationMs: 0,
+    cache: undefined,
+    billed: false,
+    errorCode: 'bad_request',
+    limit: undefined,
+  });
 }
 
 /**

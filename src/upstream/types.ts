@@ -20,6 +20,10 @@ export interface UpstreamCallReport {
   upstream_trace_id?: string;
   /** Upstream requests sent beyond the first (transient retries and token switches). */
   retries: number;
+  /** A transient fault was not retried because the retry budget was spent. */
+  retry_budget_exhausted?: boolean;
+  /** An attempt got a 2xx: the upstream bills it, whatever the gateway answers. */
+  billed?: boolean;
 }
 
 export interface UpstreamCall {
