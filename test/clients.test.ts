@@ -325,3 +325,86 @@ describe('files', () => {
     await expect(readClientsFile(path)).rejects.toBeInstanceOf(ClientRegistryError);
   });
 });
+
+describe('maxInFlight', () => {
+  it('is an optional positive integer per client', () => {
+    const reg = ClientRegistry.parse(
+      { clients: [{ id: 'a', keySha256: hashClientKey(KEY_A), maxInFlight: 3 }] },
+      'src',
+    );
+    expect(reg.get('a')?.maxInFlight).toBe(3);
+    for (const bad of [0, -1, 1.5, '3']) {
+      expect(
+        errorMessage(() =>
+          ClientRegistry.parse(
+            { clients: [{ id: 'a', keySha256: hashClientKey(KEY_A), maxInFlight: bad }] },
+            'src',
+          ),
+        ),
+      ).toContain('clients[0].maxInFlight');
+    }
+  });
+});
+
+describe('writeClientsFile on a single-file bind mount', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'agw-clients-mount-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const failingRename = (code: string) => async () => {
+    throw Object.assign(new Error(`rename failed: ${code}`), { code });
+  };
+
+  for (const code of ['EBUSY', 'EXDEV']) {
+    it(`rewrites in place when rename fails with ${code}, keeping the file's inode and mode`, async () => {
+      const path = join(dir, 'clients.json');
+      await writeClientsFile(path, {
+        clients: [record('a', KEY_A), record('long-name-to-shrink', KEY_B)],
+      });
+      const before = await stat(path);
+      const next = { clients: [record('a', KEY_A)] };
+      await writeClientsFile(path, next, { rename: failingRename(code) });
+      expect(await readFile(path, 'utf8')).toBe(`${JSON.stringify(next, null, 2)}\n`);
+      const after = await stat(path);
+      expect(after.ino).toBe(before.ino);
+      expect(after.mode).toBe(before.mode);
+      expect(await readdir(dir)).toEqual(['clients.json']); // no temp file left
+    });
+  }
+
+  it('other rename errors fail the write and leave the old file', async () => {
+    const path = join(dir, 'clients.json');
+    await writeClientsFile(path, { clients: [record('a', KEY_A)] });
+    const before = await readFile(path, 'utf8');
+    await expect(
+      writeClientsFile(path, { clients: [] }, { rename: failingRename('EACCES') }),
+    ).rejects.toThrow('EACCES');
+    expect(await readFile(path, 'utf8')).toBe(before);
+    expect(await readdir(dir)).toEqual(['clients.json']);
+  });
+});
+
+describe('ClientRegistryError.missing', () => {
+  it('tells a missing file apart from a broken one', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'agw-clients-missing-'));
+    try {
+      const missing = await ClientRegistry.fromFile(join(dir, 'nope.json')).catch((e) => e);
+      expect(missing).toMatchObject({ missing: true });
+      await writeFile(join(dir, 'bad.json'), '[');
+      const broken = await ClientRegistry.fromFile(join(dir, 'bad.json')).catch((e) => e);
+      expect(broken).toMatchObject({ missing: false });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('has(id)', () => {
+    const reg = new ClientRegistry([record('a', KEY_A)]);
+    expect(reg.has('a')).toBe(true);
+    expect(reg.has('b')).toBe(false);
+  });
+});
