@@ -1,15 +1,24 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { runClientsCli } from '../src/clients/cli.ts';
-import { ClientRegistry, hashClientKey, readClientsFile } from '../src/clients/registry.ts';
+import { lockPathOf, updateClientsFile } from '../src/clients/lock.ts';
+import {
+  ClientRegistry,
+  ClientRegistryError,
+  type ClientsFile,
+  hashClientKey,
+  readClientsFile,
+  writeClientsFile,
+} from '../src/clients/registry.ts';
 
 const execFileAsync = promisify(execFile);
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
+const CLI = fileURLToPath(new URL('../src/clients/cli.ts', import.meta.url));
 
 interface Run {
   code: number;
@@ -156,19 +165,23 @@ describe('clients CLI (in-process)', () => {
   it('list shows ids and limits but never hashes', async () => {
     expect((await cli(['list', '--file', file])).stdout).toContain('no clients');
     await cli(['add', 'one', '--max', '3', '--window', '4', '--file', file]);
-    await cli(['add', 'two', '--quota', '77', '--file', file]);
+    await cli(['add', 'two', '--quota', '77', '--max-in-flight', '6', '--file', file]);
     const hashes = (await readClientsFile(file)).clients.map((c) => c.keySha256);
 
     const run = await cli(['list', '--file', file]);
     expect(run.code).toBe(0);
-    expect(run.stdout).toMatch(/^one\s+rate limit: 3 requests per 4 s; quota: none$/m);
-    expect(run.stdout).toMatch(/^two\s+rate limit: gateway default; quota: 77 upstream/m);
+    expect(run.stdout).toMatch(
+      /^one\s+rate limit: 3 requests per 4 s; quota: none; in flight: gateway default$/m,
+    );
+    expect(run.stdout).toMatch(
+      /^two\s+rate limit: gateway default; quota: 77 upstream calls per day; in flight: 6 requests at once$/m,
+    );
     const json = await cli(['list', '--json', '--file', file]);
     expect(JSON.parse(json.stdout)).toEqual({
       file,
       clients: [
         { id: 'one', rateLimit: { max: 3, windowSeconds: 4 } },
-        { id: 'two', quota: { upstreamCallsPerDay: 77 } },
+        { id: 'two', quota: { upstreamCallsPerDay: 77 }, maxInFlight: 6 },
       ],
     });
     for (const hash of hashes) {
@@ -273,6 +286,90 @@ describe('clients CLI (in-process)', () => {
   });
 });
 
+describe('clients CLI: when changes take effect, settings, lock', () => {
+  let dir: string;
+  let file: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'agw-cli-'));
+    file = join(dir, 'clients.json');
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('add, rotate and remove say when running gateways pick the change up', async () => {
+    const add = await cli(['add', 'svc', '--file', file]);
+    expect(add.stdout).toContain(
+      'running gateways accept the key within about 1 s (CLIENTS_RELOAD_INTERVAL_MS=1000), or at once on SIGHUP',
+    );
+    const env = { CLIENTS_RELOAD_INTERVAL_MS: '4500' };
+    const rotate = await cli(['rotate', 'svc', '--file', file], env);
+    expect(rotate.stdout).toContain(
+      'running gateways switch to the new key within about 5 s (CLIENTS_RELOAD_INTERVAL_MS=4500), or at once on SIGHUP; until then the old key still works',
+    );
+    const remove = await cli(['remove', 'svc', '--file', file], env);
+    expect(remove.stdout).toContain(
+      'running gateways stop accepting its key within about 5 s (CLIENTS_RELOAD_INTERVAL_MS=4500), or at once on SIGHUP',
+    );
+    for (const run of [add, rotate, remove]) expect(run.stdout).not.toContain('no longer works');
+  });
+
+  it('validates settings with the server schema before touching the file', async () => {
+    const run = await cli(['add', 'svc', '--file', file], { CLIENTS_RELOAD_INTERVAL_MS: '10' });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain('CLIENTS_RELOAD_INTERVAL_MS: must be at least 100');
+    await expect(stat(file)).rejects.toThrow();
+
+    const noFile = await cli(['list'], { GATEWAY_CLIENTS_FILE: '' });
+    expect(noFile.stdout).toContain('no clients in ./data/clients.json');
+  });
+
+  it('add --max-in-flight stores a positive integer', async () => {
+    const ok = await cli(['add', 'svc', '--max-in-flight', '3', '--file', file]);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain('in flight: 3 requests at once');
+    expect((await readClientsFile(file)).clients[0]?.maxInFlight).toBe(3);
+    for (const bad of ['0', '-2', 'many', '1.5']) {
+      const run = await cli(['add', 'other', '--max-in-flight', bad, '--file', file]);
+      expect(run.code, bad).toBe(2);
+      expect(run.stderr).toContain('--max-in-flight');
+    }
+    expect((await cli(['rotate', 'svc', '--max-in-flight', '3', '--file', file])).code).toBe(2);
+  });
+
+  it('takes over a stale lock left by a crashed writer', async () => {
+    await mkdir(lockPathOf(file));
+    const old = new Date(Date.now() - 60_000);
+    await utimes(lockPathOf(file), old, old);
+    const run = await cli(['add', 'svc', '--file', file]);
+    expect(run.code).toBe(0);
+    expect((await readClientsFile(file)).clients.map((c) => c.id)).toEqual(['svc']);
+    await expect(stat(lockPathOf(file))).rejects.toThrow(); // released
+  });
+
+  it('a lock held by a live writer: waits (bounded), then says so and leaves the file alone', async () => {
+    await writeClientsFile(file, { clients: [] });
+    await mkdir(lockPathOf(file)); // fresh: a writer is at work
+    const change = vi.fn((contents: ClientsFile) => ({ file: contents, result: 1 }));
+    const err = await updateClientsFile(file, change, { waitRetries: 0 }).catch((e) => e);
+    expect(err).toBeInstanceOf(ClientRegistryError);
+    expect((err as Error).message).toContain(`${lockPathOf(file)} exists`);
+    expect(change).not.toHaveBeenCalled();
+  });
+
+  it('a change that throws leaves the file alone and releases the lock', async () => {
+    await writeClientsFile(file, { clients: [] });
+    const before = await readFile(file, 'utf8');
+    await expect(
+      updateClientsFile(file, () => {
+        throw new Error('no thanks');
+      }),
+    ).rejects.toThrow('no thanks');
+    expect(await readFile(file, 'utf8')).toBe(before);
+    await expect(stat(lockPathOf(file))).rejects.toThrow();
+  });
+});
+
 describe('clients CLI (real process)', () => {
   let dir: string;
   beforeEach(async () => {
@@ -306,5 +403,68 @@ describe('clients CLI (real process)', () => {
     );
     expect(err?.code).toBe(1);
     expect(err?.stderr).toContain('already exists');
+  });
+
+  /** Runs the CLI as a process in `cwd` with exactly `env` (plus PATH): nothing inherited. */
+  function runProcess(args: string[], cwd: string, env: Record<string, string> = {}) {
+    return execFileAsync(process.execPath, [CLI, ...args], {
+      cwd,
+      env: { PATH: process.env.PATH ?? '', ...env },
+    });
+  }
+
+  it('reads .env as the server does: GATEWAY_CLIENTS_FILE, RATE_LIMIT_*, CLIENTS_RELOAD_INTERVAL_MS', async () => {
+    await writeFile(
+      join(dir, '.env'),
+      [
+        'GATEWAY_CLIENTS_FILE=./data/clients.json',
+        'RATE_LIMIT_MAX=200',
+        'RATE_LIMIT_WINDOW_SECONDS=30',
+        'CLIENTS_RELOAD_INTERVAL_MS=3000',
+        '',
+      ].join('\n'),
+    );
+    const { stdout } = await runProcess(['add', 'from-dotenv', '--window', '7'], dir);
+    expect(stdout).toContain('client "from-dotenv" added to ./data/clients.json');
+    expect(stdout).toContain('rate limit: 200 requests per 7 s');
+    expect(stdout).toContain('within about 3 s (CLIENTS_RELOAD_INTERVAL_MS=3000)');
+    const stored = await readClientsFile(join(dir, 'data', 'clients.json'));
+    expect(stored.clients[0]?.rateLimit).toEqual({ max: 200, windowSeconds: 7 });
+
+    // A real environment variable wins over .env; --file wins over both.
+    const other = join(dir, 'other.json');
+    await runProcess(['add', 'from-env', '--json'], dir, { GATEWAY_CLIENTS_FILE: other });
+    expect((await readClientsFile(other)).clients.map((c) => c.id)).toEqual(['from-env']);
+    const flag = join(dir, 'flag.json');
+    await runProcess(['add', 'from-flag', '--file', flag], dir, { GATEWAY_CLIENTS_FILE: other });
+    expect((await readClientsFile(flag)).clients.map((c) => c.id)).toEqual(['from-flag']);
+
+    // A bad value in .env is reported by name, as the server would.
+    await writeFile(join(dir, '.env'), 'RATE_LIMIT_MAX=lots\n');
+    const err = await runProcess(['add', 'bad', '--window', '5'], dir).catch((e) => e);
+    expect(err.code).toBe(1);
+    expect(err.stderr).toContain('RATE_LIMIT_MAX: must be a whole number');
+  });
+
+  it("without .env or settings, writes ./data/clients.json (the server's default)", async () => {
+    const { stdout } = await runProcess(['add', 'svc', '--json'], dir);
+    expect(JSON.parse(stdout)).toMatchObject({ id: 'svc', file: './data/clients.json' });
+    expect((await readClientsFile(join(dir, 'data', 'clients.json'))).clients).toHaveLength(1);
+  });
+
+  it('8 parallel add runs: 8 keys printed, 8 clients saved, every key works', async () => {
+    const file = join(dir, 'clients.json');
+    const runs = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        runProcess(['add', `svc-${i}`, '--json', '--file', file], dir),
+      ),
+    );
+    const keys = runs.map((r) => JSON.parse(r.stdout) as { id: string; key: string });
+    const registry = await ClientRegistry.fromFile(file);
+    expect([...registry.ids].sort()).toEqual(
+      Array.from({ length: 8 }, (_, i) => `svc-${i}`).sort(),
+    );
+    for (const { id, key } of keys) expect(registry.authenticate(key)?.id).toBe(id);
+    await expect(stat(lockPathOf(file))).rejects.toThrow();
   });
 });

@@ -1,0 +1,229 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, beforeEach, expect, it } from 'vitest';
+import { runClientsCli } from '../src/clients/cli.ts';
+import { hashClientKey, writeClientsFile } from '../src/clients/registry.ts';
+import { dayBefore, type UsageEvent, utcDay } from '../src/usage/counts.ts';
+import { UsageRecorder } from '../src/usage/recorder.ts';
+import { RedisUsageStore, usageKey } from '../src/usage/store.ts';
+import { canControlRedis, describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
+
+const event = (clientId: string, overrides: Partial<UsageEvent> = {}): UsageEvent => ({
+  clientId,
+  billed: false,
+  cache: undefined,
+  limit: undefined,
+  ...overrides,
+});
+
+async function cli(argv: string[], env: NodeJS.ProcessEnv) {
+  let stdout = '';
+  let stderr = '';
+  const code = await runClientsCli(argv, {
+    stdout: (s) => {
+      stdout += s;
+    },
+    stderr: (s) => {
+      stderr += s;
+    },
+    env,
+  });
+  return { code, stdout, stderr };
+}
+
+describeWithRedis('usage in Redis', () => {
+  let server: TestRedis;
+  let redis: Redis;
+  const today = utcDay(new Date());
+
+  beforeAll(async () => {
+    server = await startRedis();
+    redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
+  });
+
+  afterAll(async () => {
+    redis.disconnect();
+    await server.close();
+  });
+
+  beforeEach(async () => {
+    const keys = await redis.keys('agw:usage:*');
+    if (keys.length > 0) await redis.del(...keys);
+  });
+
+  it('one hash per day, field <client>|<kind>, HINCRBY, no TTL', async () => {
+    const store = new RedisUsageStore(redis);
+    await store.add('2031-05-06', new Map([['alice|requests', 3]]));
+    await store.add(
+      '2031-05-06',
+      new Map([
+        ['alice|requests', 2],
+        ['bob|cache_hits', 1],
+      ]),
+    );
+    expect(await redis.hgetall('agw:usage:2031-05-06')).toEqual({
+      'alice|requests': '5',
+      'bob|cache_hits': '1',
+    });
+    expect(await redis.ttl('agw:usage:2031-05-06')).toBe(-1);
+    expect(await store.read('2031-05-06')).toEqual(
+      new Map([
+        ['alice|requests', 5],
+        ['bob|cache_hits', 1],
+      ]),
+    );
+    expect(await store.read('2031-05-07')).toEqual(new Map());
+  });
+
+  it('the writer deletes days before yesterday, once per day per process', async () => {
+    const day = '2031-05-06';
+    for (const old of [dayBefore(day, 1), dayBefore(day, 2), dayBefore(day, 9)]) {
+      await redis.hset(usageKey(old), 'alice|requests', '1');
+    }
+    const store = new RedisUsageStore(redis);
+    await store.add(day, new Map([['alice|requests', 1]]));
+    expect((await redis.keys('agw:usage:*')).sort()).toEqual([
+      usageKey(dayBefore(day, 1)),
+      usageKey(day),
+    ]);
+    // Once a day: a key that reappears for an old day is left until tomorrow's first write.
+    await redis.hset(usageKey(dayBefore(day, 2)), 'x|requests', '1');
+    await store.add(day, new Map([['alice|requests', 1]]));
+    expect(await redis.exists(usageKey(dayBefore(day, 2)))).toBe(1);
+    await store.add(dayBefore(day, -1), new Map([['alice|requests', 1]]));
+    expect(await redis.exists(usageKey(dayBefore(day, 2)))).toBe(0);
+  });
+
+  it("replicas sharing Redis: either one reports both replicas' counts", async () => {
+    const a = new UsageRecorder({ shared: new RedisUsageStore(redis), flushIntervalMs: 60_000 });
+    const b = new UsageRecorder({ shared: new RedisUsageStore(redis), flushIntervalMs: 60_000 });
+    a.record(event('alice', { billed: true }));
+    b.record(event('alice', { cache: 'hit' }));
+    b.record(event('bob', { limit: 'quota' }));
+    await Promise.all([a.flush(), b.flush()]);
+    const seen = await a.today();
+    expect(seen.source).toBe('redis');
+    expect(seen.byClient.get('alice')).toMatchObject({
+      requests: 2,
+      billed_calls: 1,
+      cache_hits: 1,
+    });
+    expect(seen.byClient.get('bob')).toMatchObject({ requests: 1, quota_refused: 1 });
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  it('clients usage reads Redis directly (every replica) with limits from the clients file', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'agw-usage-cli-'));
+    try {
+      const file = join(dir, 'clients.json');
+      await writeClientsFile(file, {
+        clients: [
+          { id: 'alice', keySha256: hashClientKey('agw_a'), quota: { upstreamCallsPerDay: 100 } },
+          { id: 'bob', keySha256: hashClientKey('agw_b') },
+        ],
+      });
+      await redis.hset(usageKey(today), {
+        'alice|requests': '7',
+        'alice|billed_calls': '4',
+        'alice|cache_hits': '2',
+        'alice|merged': '1',
+        'gone|requests': '1',
+      });
+      // The admin port is closed: proof that Redis alone answered.
+      const env = { REDIS_URL: server.url, GATEWAY_CLIENTS_FILE: file, ADMIN_PORT: '1' };
+
+      const table = await cli(['usage'], env);
+      expect(table.code).toBe(0);
+      const lines = table.stdout.trimEnd().split('\n');
+      expect(lines[0]).toBe(`usage on ${today} (UTC, so far), all replicas (Redis)`);
+      expect(lines[2]).toMatch(/^alice\s+7\s+4\/100\s+2\s+1\s+3\s+0\s+0\s+0$/);
+      expect(lines[3]).toMatch(/^bob\s+0\s+0\s/);
+      expect(lines[4]).toMatch(/^gone\s+1\s/);
+
+      const json = await cli(['usage', '--json'], env);
+      const report = JSON.parse(json.stdout);
+      expect(report).toMatchObject({ day: today, source: 'redis' });
+      expect(report.clients[0]).toMatchObject({
+        id: 'alice',
+        requests: 7,
+        billed_calls: 4,
+        calls_saved: 3,
+        quota_per_day: 100,
+        quota_remaining: 96,
+      });
+
+      const one = JSON.parse((await cli(['usage', 'alice', '--json'], env)).stdout);
+      expect(one).toMatchObject({ day: today, source: 'redis', client: { id: 'alice' } });
+      const unknown = await cli(['usage', 'nobody'], env);
+      expect(unknown.code).toBe(1);
+      expect(unknown.stderr).toContain('no client "nobody"');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describeWithRedis('usage while Redis is down', () => {
+  let server: TestRedis;
+  let redis: Redis;
+
+  beforeAll(async () => {
+    server = await startRedis();
+  });
+
+  afterAll(async () => {
+    redis?.disconnect();
+    await server.start().catch(() => {});
+    await server.close();
+  });
+
+  afterEach(async () => {
+    await server.start();
+  });
+
+  // Only a redis-server this test started can be stopped.
+  it.skipIf(!canControlRedis)(
+    'keeps counting locally, reads this replica, and writes the counts once Redis is back',
+    async () => {
+      redis = new Redis(server.url, {
+        maxRetriesPerRequest: 0,
+        enableOfflineQueue: false,
+        retryStrategy: () => 50,
+      });
+      redis.on('error', () => {}); // the outage is the point of this test
+      await new Promise((resolve) => redis.once('ready', resolve));
+      const errors: unknown[] = [];
+      const recorder = new UsageRecorder({
+        shared: new RedisUsageStore(redis),
+        flushIntervalMs: 60_000,
+        onError: (error) => errors.push(error),
+      });
+      await server.stop();
+      expect(recorder.record(event('alice'))).toEqual(['requests']);
+      await recorder.flush();
+      expect(errors.length).toBeGreaterThan(0);
+      const local = await recorder.today();
+      expect(local.source).toBe('replica');
+      expect(local.byClient.get('alice')?.requests).toBe(1);
+
+      await server.start();
+      if (redis.status !== 'ready') await new Promise((resolve) => redis.once('ready', resolve));
+      recorder.record(event('alice'));
+      await recorder.flush();
+      const shared = await recorder.today();
+      expect(shared.source).toBe('redis');
+      expect(shared.byClient.get('alice')?.requests).toBe(2);
+      await recorder.close();
+
+      const env = { REDIS_URL: server.url, GATEWAY_CLIENTS_FILE: '/nonexistent/clients.json' };
+      await server.stop();
+      const run = await cli(['usage'], { ...env, ADMIN_PORT: '1' });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain('cannot read usage');
+      expect(run.stderr).toContain(`Redis at ${server.url}`);
+      expect(run.stderr).toContain('no gateway answered at http://127.0.0.1:1/usage');
+    },
+  );
+});
