@@ -1,9 +1,5 @@
 import swagger from '@fastify/swagger';
-import Fastify, {
-  type FastifyInstance,
-  type FastifyRequest,
-  type FastifyServerOptions,
-} from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import {
   jsonSchemaTransform,
   jsonSchemaTransformObject,
@@ -12,10 +8,10 @@ import {
 import type { OpenAPIV3 } from 'openapi-types';
 import { ClientRegistry } from './clients/registry.ts';
 import type { Config } from './config.ts';
-import { errorEnvelope, toGatewayError } from './errors.ts';
+import { GatewayError, toGatewayError } from './errors.ts';
 import { answerFrameworkError, clientErrorHandler } from './http-errors.ts';
-import { UpstreamGate } from './limits/upstream-gate.ts';
 import { GatewayMetrics } from './metrics.ts';
+import admission from './plugins/admission.ts';
 import auth from './plugins/auth.ts';
 import cache from './plugins/cache.ts';
 import health from './plugins/health.ts';
@@ -26,9 +22,13 @@ import quota from './plugins/quota.ts';
 import clientRateLimit from './plugins/rate-limit.ts';
 import redisPlugin from './plugins/redis.ts';
 import requestContext, { CompletionLogController, traceIdFor } from './plugins/request-context.ts';
+import tasks from './plugins/tasks.ts';
 import upstreamPlugin from './plugins/upstream.ts';
 import captchaRoutes from './routes/captcha.ts';
 import { UpstreamClient } from './upstream/client.ts';
+import { UpstreamGate } from './upstream/gate.ts';
+import { RetryBudget } from './upstream/retry-budget.ts';
+import { SecretMask } from './upstream/secrets.ts';
 
 /** Anything pino can write to: a stream, or an object with write() in tests. */
 export interface LogDestination {
@@ -44,8 +44,8 @@ export interface AppDeps {
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** The operations server for ADMIN_PORT, when configured; closed with this app. */
-    admin: FastifyInstance | undefined;
+    /** The operations server (ADMIN_HOST:ADMIN_PORT): metrics, docs, usage. Closed with this app. */
+    admin: FastifyInstance;
   }
 }
 
@@ -86,9 +86,9 @@ const OPENAPI_INFO = {
   openapi: '3.0.3',
   info: {
     title: 'acedata-gateway',
-    version: '0.1.0',
+    version: '0.2.0',
     description:
-      "A drop-in gateway for Ace Data Cloud's hCaptcha recognition API: same paths and JSON, a gateway client key instead of the upstream token.",
+      "A drop-in gateway for Ace Data Cloud's hCaptcha API: the same paths and JSON, with a gateway client key instead of the upstream token. Errors use the upstream's envelope and codes, so Ace Data Cloud's SDKs raise the same exceptions.",
   },
   components: {
     securitySchemes: {
@@ -96,8 +96,8 @@ const OPENAPI_INFO = {
     },
   },
   tags: [
-    { name: 'captcha', description: 'The Ace Data Cloud API, proxied' },
-    { name: 'operations', description: 'Health, readiness, metrics and this document' },
+    { name: 'captcha', description: "Ace Data Cloud's hCaptcha API, through the gateway" },
+    { name: 'operations', description: 'Health and readiness' },
   ],
 } satisfies Partial<OpenAPIV3.Document>;
 
@@ -113,8 +113,6 @@ function fastifyOptions(config: Config, deps: AppDeps): FastifyServerOptions {
     requestIdHeader: false,
     genReqId: traceIdFor,
     bodyLimit: config.BODY_LIMIT_BYTES,
-    onProtoPoisoning: 'error',
-    onConstructorPoisoning: 'error',
     // Draining is answered by the health plugin, with the error envelope.
     return503OnClosing: false,
     ...serverTimeouts(config),
@@ -123,42 +121,65 @@ function fastifyOptions(config: Config, deps: AppDeps): FastifyServerOptions {
   };
 }
 
-/** The error envelope for every failure, and 404 `no_api` for unknown routes. */
+/** The one error handler: every failure becomes the envelope, and the log line gets its code. */
 function useGatewayErrors(app: FastifyInstance): void {
   app.setErrorHandler((error, request, reply) => {
     const gatewayError = toGatewayError(error);
+    request.report.error_code = gatewayError.code;
+    if (gatewayError.limit) request.report.limit = gatewayError.limit;
     if (gatewayError.code === 'api_error') {
       request.log.error({ err: error }, 'unhandled error while serving the request');
     }
     return reply
       .code(gatewayError.statusCode)
       .headers(gatewayError.headers)
-      .send(errorEnvelope(gatewayError.code, gatewayError.message, request.id));
+      .send(gatewayError.envelope(request.id));
   });
-  app.setNotFoundHandler((request, reply) => reply.code(404).send(notFound(request)));
+}
+
+/**
+ * Answers an unknown route before its body is read: nobody should be able to make the gateway
+ * read (or reject as 400/413/415) a body it will never use. Fastify's own not-found handler is
+ * never reached after this hook.
+ */
+function answerUnknownRoutesEarly(app: FastifyInstance): void {
+  app.addHook('onRequest', (request, _reply, done) => {
+    if (!request.is404) return done();
+    const path = request.url.split('?')[0] ?? '';
+    const shown = path.length > 128 ? `${path.slice(0, 128)}…` : path;
+    done(new GatewayError('no_api', `no route for ${request.method} ${shown}`));
+  });
 }
 
 export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
   const clients = deps.clients ?? (await ClientRegistry.fromFile(config.GATEWAY_CLIENTS_FILE));
-  const metrics = new GatewayMetrics({ clientIds: clients.ids });
+  const metrics = new GatewayMetrics({ isKnownClient: (id) => clients.get(id) !== undefined });
+  const { derived } = config;
+  const gate = new UpstreamGate({
+    ratePerSecond: derived.upstreamRatePerSecond,
+    maxConcurrency: derived.upstreamMaxConcurrency,
+    maxQueued: derived.upstreamQueueMax,
+    minAttemptMs: Math.min(1_000, config.UPSTREAM_TIMEOUT_MS / 10),
+  });
   const upstream =
     deps.upstream ??
     new UpstreamClient({
       baseUrl: config.ACEDATA_BASE_URL,
       tokens: config.ACEDATA_API_TOKEN,
       timeoutMs: config.UPSTREAM_TIMEOUT_MS,
+      maxConnections: derived.upstreamMaxConcurrency,
       maxRetries: config.UPSTREAM_MAX_RETRIES,
       breakerThreshold: config.CIRCUIT_BREAKER_THRESHOLD,
       breakerCooldownMs: config.CIRCUIT_BREAKER_COOLDOWN_MS,
-      pool: { connections: config.derived.upstreamMaxConcurrency },
-      gate: new UpstreamGate({
-        maxConcurrency: config.derived.upstreamMaxConcurrency,
-        ratePerSecond: config.derived.upstreamRatePerSecond,
-        maxQueued: config.derived.upstreamQueueMax,
+      gate,
+      ratePerToken: config.UPSTREAM_RATE_PER_SECOND,
+      retryBudget: new RetryBudget({
+        percent: config.RETRY_BUDGET_PERCENT,
+        minPerSecond: config.RETRY_BUDGET_MIN_PER_SECOND,
       }),
+      secrets: new SecretMask(config.ACEDATA_API_TOKEN),
       events: metrics.upstreamEvents,
     });
-  metrics.readCircuitFrom(() => upstream.circuitState());
 
   const app = Fastify(fastifyOptions(config, deps));
   app.setValidatorCompiler(validatorCompiler);
@@ -173,80 +194,91 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     transform: jsonSchemaTransform,
     transformObject: jsonSchemaTransformObject,
   });
+
+  // The request pipeline, stage by stage in the order a request meets them; each stage is the
+  // plugin (or module) named beside it.
+  //   1. trace id, report, one completion log line   plugins/request-context.ts
   await app.register(requestContext);
+  //   2. unknown route → 404, before any body is read answerUnknownRoutesEarly (above)
   answerUnknownRoutesEarly(app);
+  //   3. draining → 503; /healthz, /readyz           plugins/health.ts
   await app.register(health);
-  await app.register(redisPlugin, { url: config.REDIS_URL });
+  await app.register(redisPlugin, { url: config.REDIS_URL, onStoreError: config.RATE_LIMIT_ON_STORE_ERROR });
   await app.register(upstreamPlugin, { client: upstream });
-  await app.register(auth, { registry: clients });
+  //   4. client key → client                          plugins/auth.ts
+  await app.register(auth, { clients });
   await app.register(metricsPlugin, { metrics });
+  //   5. per-client rate limit                        plugins/rate-limit.ts
   await app.register(clientRateLimit, {
     defaultMax: config.RATE_LIMIT_MAX,
     defaultWindowSeconds: config.RATE_LIMIT_WINDOW_SECONDS,
     onStoreError: config.RATE_LIMIT_ON_STORE_ERROR,
-    onLimited: metrics.rateLimited,
   });
-  await app.register(quota, {
-    onStoreError: config.RATE_LIMIT_ON_STORE_ERROR,
-    onRefused: metrics.rateLimited,
+  //   6. requests in flight per client, body bytes    plugins/admission.ts
+  await app.register(admission, {
+    maxBytes: derived.inflightBytesMax,
+    maxBytesPerClient: derived.clientInflightBytesMax,
+    defaultMaxInFlight: derived.clientMaxInFlight,
+    bodyLimit: config.BODY_LIMIT_BYTES,
   });
+  //   7. cache hit on the identical raw bytes          plugins/cache.ts (also owns cache + merging)
   await app.register(cache, {
     ttlSeconds: config.CACHE_TTL_SECONDS,
     maxEntries: config.CACHE_MAX_ENTRIES,
-    onCacheEvent: metrics.cacheEvent,
+    maxBytes: config.CACHE_MAX_BYTES,
+    onMergeEvent: metrics.mergeEvent,
   });
+  //   8. read the body, parse the JSON                 plugins/json-body.ts
   await app.register(jsonBody);
-  await app.register(captchaRoutes, { upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS });
+  //   9. validate: the route's zod schema              schemas/captcha.ts
+  //  10. the route: limits, forwarded bytes, cache key routes/captcha.ts
+  //  11. cache lookup, merge identical calls           cache/cached-answers.ts, cache/merge.ts
+  //  12. daily quota, by the request that calls        routes/captcha.ts → limits/quota.ts
+  //  13. breaker → retries → token → gate → send       upstream/client.ts
+  await app.register(quota, { onStoreError: config.RATE_LIMIT_ON_STORE_ERROR });
+  await app.register(tasks, { maxEntries: 100_000 });
+  await app.register(captchaRoutes, {
+    upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS,
+    images: {
+      maxImages: config.IMAGES_MAX,
+      maxImageBytes: config.IMAGE_MAX_BYTES,
+      imageUrls: config.IMAGE_URLS,
+    },
+  });
 
-  const ops = {
-    metrics: config.METRICS_ENABLED ? metrics : undefined,
-    docs: config.DOCS_ENABLED ? {} : undefined,
-  };
-  if (config.ADMIN_PORT === undefined) {
-    await app.register(opsRoutes, ops);
-    app.decorate('admin', undefined);
-  } else {
-    const admin = Fastify(fastifyOptions(config, deps));
-    app.decorate('admin', admin);
-    app.addHook('onClose', async () => {
-      await admin.close();
-    });
-    // The main app's document is complete once it is ready; the admin app serves it as is.
-    await app.ready();
-    useGatewayErrors(admin);
-    await admin.register(requestContext);
-    answerUnknownRoutesEarly(admin);
-    await admin.register(opsRoutes, {
-      metrics: ops.metrics,
-      // Registered above with `openapi: '3.0.3'`, so the generated document is an OpenAPI 3.0 one.
-      docs: ops.docs && { staticDocument: app.swagger() as OpenAPIV3.Document },
-    });
-  }
+  metrics.readFrom({
+    circuit: () => upstream.circuitState(),
+    tokens: () => upstream.tokenState(),
+    gate: () => gate.load,
+    inflight: () => app.inflight.load,
+  });
+
+  const admin = Fastify(fastifyOptions(config, deps));
+  app.decorate('admin', admin);
+  app.addHook('onClose', async () => {
+    await admin.close();
+  });
+  // The main app's document is complete once it is ready; the admin app serves it as is.
+  await app.ready();
+  await buildAdmin(admin, config, metrics, app.swagger() as OpenAPIV3.Document);
   return app;
 }
 
 /**
- * Answers an unknown route before its body is read: nobody should be able to make the gateway
- * read (or reject as 400/413/415) a body it will never use. Added after the request context, so
- * the answer carries the trace id.
+ * The operations server: /metrics, /docs and /openapi.json expose client ids and counts, so they
+ * live on ADMIN_HOST:ADMIN_PORT (loopback by default) and never on the API port.
  */
-function answerUnknownRoutesEarly(app: FastifyInstance): void {
-  app.addHook('onRequest', (request, reply, done) => {
-    if (request.is404) reply.code(404).send(notFound(request));
-    else done();
+async function buildAdmin(
+  admin: FastifyInstance,
+  config: Config,
+  metrics: GatewayMetrics,
+  document: OpenAPIV3.Document,
+): Promise<void> {
+  useGatewayErrors(admin);
+  await admin.register(requestContext);
+  answerUnknownRoutesEarly(admin);
+  await admin.register(opsRoutes, {
+    metrics: config.METRICS_ENABLED ? metrics : undefined,
+    docs: config.DOCS_ENABLED ? { document } : undefined,
   });
-}
-
-function notFound(request: FastifyRequest) {
-  return errorEnvelope(
-    'no_api',
-    `no route for ${request.method} ${routePath(request.url)}`,
-    request.id,
-  );
-}
-
-/** The path of an unmatched URL, without the query and cut short, for the 404 message. */
-function routePath(url: string): string {
-  const path = url.split('?')[0] ?? '';
-  return path.length > 128 ? `${path.slice(0, 128)}…` : path;
 }

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { errorEnvelope, type GatewayErrorCode } from './errors.ts';
+import { GatewayError } from './errors.ts';
 import {
   completeRequest,
   completeUnparsedRequest,
@@ -10,21 +10,13 @@ import {
 } from './plugins/request-context.ts';
 
 /** Node's parser errors we answer (others, like a reset, have nobody left to answer). */
-const CLIENT_ERRORS: Readonly<
-  Record<string, { status: number; code: GatewayErrorCode; message: string }>
-> = {
-  ERR_HTTP_REQUEST_TIMEOUT: {
-    status: 408,
-    code: 'bad_request',
-    message: 'the request was not received in full within the request timeout',
-  },
-  HPE_HEADER_OVERFLOW: {
-    status: 431,
-    code: 'request_too_large',
-    message: 'request headers exceed the size limit',
-  },
+const CLIENT_ERRORS: Readonly<Record<string, () => GatewayError>> = {
+  ERR_HTTP_REQUEST_TIMEOUT: () =>
+    new GatewayError('request_timeout', 'the request was not received in full within the request timeout'),
+  HPE_HEADER_OVERFLOW: () =>
+    new GatewayError('headers_too_large', 'request headers exceed the size limit'),
 };
-const MALFORMED = { status: 400, code: 'bad_request', message: 'malformed HTTP request' } as const;
+const malformed = () => new GatewayError('bad_request', 'malformed HTTP request');
 const REASONS: Readonly<Record<number, string>> = {
   400: 'Bad Request',
   408: 'Request Timeout',
@@ -43,21 +35,25 @@ export function clientErrorHandler(
   socket: Socket,
 ): void {
   if (error.code === 'ECONNRESET' || socket.destroyed) return;
-  const answer = CLIENT_ERRORS[error.code ?? ''] ?? MALFORMED;
+  const answer = (CLIENT_ERRORS[error.code ?? ''] ?? malformed)();
   // A request timeout hits a request Fastify already knows (its headers were read): answer and
   // log it as that request, under its own trace id. Otherwise nothing was readable.
   const request = requestServedOn(socket);
   const traceId = request?.id ?? randomUUID();
-  const body = JSON.stringify(errorEnvelope(answer.code, answer.message, traceId));
+  const body = JSON.stringify(answer.envelope(traceId));
   if (socket.writable) {
     socket.write(
-      `HTTP/1.1 ${answer.status} ${REASONS[answer.status]}\r\n` +
+      `HTTP/1.1 ${answer.statusCode} ${REASONS[answer.statusCode]}\r\n` +
         `content-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
         `x-request-id: ${traceId}\r\nconnection: close\r\n\r\n${body}`,
     );
   }
-  if (request) completeRequest(request, answer.status, { clientError: error.code });
-  else completeUnparsedRequest(this, traceId, answer.status, error.code);
+  if (request) {
+    request.report.error_code = answer.code;
+    completeRequest(request, answer.statusCode, { clientError: error.code });
+  } else {
+    completeUnparsedRequest(this, traceId, answer.statusCode, answer.code, error.code);
+  }
   socket.destroy();
 }
 
@@ -69,9 +65,8 @@ export function answerFrameworkError(
 ): void {
   // No hook runs for such a request, and Fastify writes no completion line for it: do both here.
   trackRequest(request);
-  reply
-    .code(400)
-    .header('x-request-id', request.id)
-    .send(errorEnvelope('bad_request', 'the request URL is malformed', request.id));
+  const error = new GatewayError('bad_request', 'the request URL is malformed');
+  request.report.error_code = error.code;
+  reply.code(400).header('x-request-id', request.id).send(error.envelope(request.id));
   completeRequest(request, 400);
 }

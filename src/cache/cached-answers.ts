@@ -1,8 +1,6 @@
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { QuotaReservation } from '../limits/quota.ts';
-import type { UpstreamReply } from '../upstream/client.ts';
-import { type CacheKeyBody, cacheKey } from './key.ts';
+import type { UpstreamReply } from '../upstream/types.ts';
 import type { RequestMerger } from './merge.ts';
 import { type CacheStore, isCacheable } from './store.ts';
 
@@ -28,27 +26,16 @@ export function parseCacheControl(header: string | string[] | undefined): CacheD
 }
 
 export interface AnswerRequest {
-  route: string;
-  body: CacheKeyBody & { async?: boolean };
+  /** cacheKey() of what is forwarded. */
+  key: string;
   directives: CacheDirectives;
-  /** Reserves the caller's quota for one billed call (a no-op without a quota). */
-  reserveQuota: () => Promise<QuotaReservation>;
-  /** Makes the upstream call for this request. */
-  callUpstream: () => Promise<UpstreamReply>;
-  /** Epoch ms after which a merged waiter gives up. */
+  /** Makes this request's own upstream call (quota included); used when no answer can be shared. */
+  call: () => Promise<UpstreamReply>;
+  /** Epoch ms: the request's deadline, which a merged waiter keeps too. */
   deadline: number;
   /** `rawDigest()` of the request's exact bytes, remembered when the answer is cacheable. */
   rawDigest?: string;
-}
-
-/** What a repeat of byte-identical request needs to be answered before it is even parsed. */
-interface RawEntry {
-  key: string;
-  images: number;
-}
-
-/** A cache hit found from the raw request bytes alone. */
-export interface RawHit extends Answer {
+  /** Images in the request, remembered with the raw digest for the log line of a raw hit. */
   images: number;
 }
 
@@ -60,19 +47,18 @@ export interface Answer {
   cacheStatus: string;
 }
 
-const CACHE_NAME = 'acedata-gateway';
-
-interface OwnedAnswer {
-  status: number;
-  body: Buffer;
-  stored: boolean;
+/** A cache hit found from the raw request bytes alone. */
+export interface RawHit extends Answer {
+  images: number;
 }
+
+const CACHE_NAME = 'acedata-gateway';
+const HIT = `${CACHE_NAME}; hit`;
 
 /**
  * Never pay twice for one answer: a lookup, then one upstream call per key in flight (merged in
- * process, and across replicas with Redis), storing only answers the contract allows. Quota is
- * reserved before joining and given back unless this request's own call was billed, so merged
- * requests are free and another client's quota can never fail this one.
+ * process, and across replicas with Redis), storing only answers the contract allows. Who pays
+ * for the call is the caller's business (`call` reserves quota); merged requests pay nothing.
  */
 export class CachedAnswers {
   readonly #store: CacheStore | undefined;
@@ -84,7 +70,7 @@ export class CachedAnswers {
    * to a request that was validated and answered need no parsing or validation again: a repeat is
    * recognised from a hash of its body alone (docs/benchmarks.md, hit scenario).
    */
-  readonly #rawIndex: LRUCache<string, RawEntry> | undefined;
+  readonly #rawIndex: LRUCache<string, { key: string; images: number }> | undefined;
 
   constructor(options: {
     /** Undefined when caching is off (CACHE_TTL_SECONDS=0); merging still applies. */
@@ -114,100 +100,56 @@ export class CachedAnswers {
     if (!entry || !this.#store) return undefined;
     const cached = await this.#store.get(entry.key);
     if (!cached) return undefined;
-    return {
-      ...this.#finish({ ...cached, event: 'hit', cacheStatus: `${CACHE_NAME}; hit` }),
-      images: entry.images,
-    };
+    return { ...this.#finish({ ...cached, event: 'hit', cacheStatus: HIT }), images: entry.images };
   }
 
-  #rememberRaw(request: AnswerRequest, key: string): void {
-    if (request.rawDigest !== undefined) {
-      this.#rawIndex?.set(request.rawDigest, { key, images: request.body.queries.length });
-    }
+  /** Forwards without reading or feeding shared state (async submissions, `no-store`). */
+  async bypass(call: () => Promise<UpstreamReply>, directives: CacheDirectives): Promise<Answer> {
+    const { status, body } = await call();
+    const fwd = directives.noStore ? 'request' : 'bypass';
+    return this.#finish({ status, body, event: 'bypass', cacheStatus: `${CACHE_NAME}; fwd=${fwd}` });
   }
 
   async answer(request: AnswerRequest): Promise<Answer> {
-    const { directives } = request;
-    // Async submissions create a task per call and are never stored; a no-store request must not
-    // feed or read shared state either. Both go straight to the upstream.
-    if (request.body.async === true || directives.noStore) {
-      const reply = await this.#billedCall(request);
-      return this.#finish({
-        ...reply,
-        event: 'bypass',
-        cacheStatus: `${CACHE_NAME}; fwd=${directives.noStore ? 'request' : 'bypass'}`,
-      });
-    }
-
-    const key = cacheKey(request.route, request.body);
+    const { key, directives } = request;
+    if (directives.noStore) return this.bypass(request.call, directives);
     const store = this.#store;
-    if (store && !directives.noCache) {
-      const cached = await store.get(key);
-      if (cached) {
-        this.#rememberRaw(request, key);
-        return this.#finish({ ...cached, event: 'hit', cacheStatus: `${CACHE_NAME}; hit` });
-      }
+    const lookup = store && !directives.noCache ? () => store.get(key) : undefined;
+    const cached = await lookup?.();
+    if (cached) {
+      this.#rememberRaw(request);
+      return this.#finish({ ...cached, event: 'hit', cacheStatus: HIT });
     }
 
-    const reservation = await request.reserveQuota();
-    let ownCallBilled = false;
-    try {
-      const merged = await this.#merger.run(
-        key,
-        async (): Promise<OwnedAnswer> => {
-          const reply = await request.callUpstream();
-          ownCallBilled = isBilled(reply.status);
-          const stored = store !== undefined && isCacheable(reply.status, reply.json, false);
-          if (stored)
-            await store.set(key, { status: reply.status, body: reply.body }, this.#ttlSeconds);
-          return { status: reply.status, body: reply.body, stored };
-        },
-        {
-          deadline: request.deadline,
-          getCached: store && !directives.noCache ? () => store.get(key) : undefined,
-        },
-      );
-      const { status, body } = merged.value;
-      if (merged.source === 'cache')
-        return this.#finish({ status, body, event: 'hit', cacheStatus: `${CACHE_NAME}; hit` });
-      if (merged.shared) {
-        return this.#finish({
-          status,
-          body,
-          event: 'merged',
-          cacheStatus: `${CACHE_NAME}; fwd=uri-miss; collapsed`,
-        });
-      }
-      if (!store)
-        return this.#finish({
-          status,
-          body,
-          event: 'bypass',
-          cacheStatus: `${CACHE_NAME}; fwd=bypass`,
-        });
-      const stored = 'stored' in merged.value && merged.value.stored === true;
-      if (stored) this.#rememberRaw(request, key);
-      const fwd = directives.noCache ? 'request' : 'uri-miss';
-      return this.#finish({
-        status,
-        body,
-        event: 'miss',
-        cacheStatus: `${CACHE_NAME}; fwd=${fwd}${stored ? '; stored' : ''}`,
-      });
-    } finally {
-      if (!ownCallBilled) await reservation.release();
+    const merged = await this.#merger.run(
+      key,
+      async () => {
+        const reply = await request.call();
+        const stored = store !== undefined && isCacheable(reply.status, reply.json);
+        if (stored) await store.set(key, { status: reply.status, body: reply.body }, this.#ttlSeconds);
+        return { status: reply.status, body: reply.body, stored };
+      },
+      { deadline: request.deadline, getCached: lookup },
+    );
+    const { status, body } = merged.value;
+    if (merged.source === 'cache') return this.#finish({ status, body, event: 'hit', cacheStatus: HIT });
+    if (merged.shared) {
+      const cacheStatus = `${CACHE_NAME}; fwd=uri-miss; collapsed`;
+      return this.#finish({ status, body, event: 'merged', cacheStatus });
     }
+    if (!store) {
+      return this.#finish({ status, body, event: 'bypass', cacheStatus: `${CACHE_NAME}; fwd=bypass` });
+    }
+    const stored = 'stored' in merged.value && merged.value.stored === true;
+    if (stored) this.#rememberRaw(request);
+    const fwd = directives.noCache ? 'request' : 'uri-miss';
+    const cacheStatus = `${CACHE_NAME}; fwd=${fwd}${stored ? '; stored' : ''}`;
+    return this.#finish({ status, body, event: 'miss', cacheStatus });
   }
 
-  async #billedCall(request: AnswerRequest): Promise<UpstreamReply> {
-    const reservation = await request.reserveQuota();
-    let billed = false;
-    try {
-      const reply = await request.callUpstream();
-      billed = isBilled(reply.status);
-      return reply;
-    } finally {
-      if (!billed) await reservation.release();
+  #rememberRaw(request: AnswerRequest): void {
+    if (request.rawDigest !== undefined) {
+      this.#rawIndex?.set(request.rawDigest, { key: request.key, images: request.images });
     }
   }
 
@@ -215,9 +157,4 @@ export class CachedAnswers {
     this.#onEvent(answer.event);
     return answer;
   }
-}
-
-/** The upstream bills successful results only. */
-function isBilled(status: number): boolean {
-  return status >= 200 && status < 300;
 }

@@ -1,56 +1,28 @@
 import { createHash } from 'node:crypto';
 
 /** Bump when the key derivation changes, so old entries are never read with a new meaning. */
-const KEY_VERSION = 'agw-cache-v1';
+const KEY_VERSION = 'agw-cache-v2';
 
-const DATA_URL_PREFIX = /^data:[^,]*,/i;
-
+/** A recognition body as forwarded: `queries` already in the form sent upstream. */
 export interface CacheKeyBody {
-  question: string;
   queries: readonly string[];
+  question?: string;
   [field: string]: unknown;
 }
 
-/** Trimmed, with every inner whitespace run collapsed to one space. */
-export function normalizeQuestion(question: string): string {
-  return question.trim().replace(/\s+/g, ' ');
+/** An image's part of the key: the URL itself, or the SHA-256 of the (canonical) Base64 text. */
+function imagePart(forwarded: string): string {
+  if (/^https?:\/\//i.test(forwarded)) return `url:${forwarded}`;
+  // Canonical Base64 and decoded bytes map one to one, so hashing the text identifies the image.
+  return `b64:${createHash('sha256').update(forwarded).digest('hex')}`;
 }
 
 /**
- * SHA-256 hex of a decoded image. Decoding (rather than hashing the text) makes line wrapping and
- * a `data:` prefix irrelevant even if a caller skipped the validation that normally strips them.
- */
-export function imageDigest(base64: string): string {
-  const bytes = Buffer.from(base64.trim().replace(DATA_URL_PREFIX, ''), 'base64');
-  return createHash('sha256').update(bytes).digest('hex');
-}
-
-/**
- * JSON with object keys sorted recursively and no whitespace, so equal values always serialise
- * the same way. Follows JSON.stringify otherwise: `undefined`/functions are dropped from objects
- * and become `null` in arrays; `toJSON` is honoured.
- */
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(sortKeys(value)) ?? 'null';
-}
-
-function sortKeys(value: unknown): unknown {
-  if (typeof value !== 'object' || value === null) return value;
-  const json = (value as { toJSON?: unknown }).toJSON;
-  if (typeof json === 'function') return sortKeys(json.call(value));
-  if (Array.isArray(value)) return value.map(sortKeys);
-  const sorted: Record<string, unknown> = {};
-  for (const key of Object.keys(value).sort()) {
-    sorted[key] = sortKeys((value as Record<string, unknown>)[key]);
-  }
-  return sorted;
-}
-
-/**
- * The cache and merge key of a recognition request (design.md → Cache and request merging):
- * SHA-256 hex over the route, the normalised question, the SHA-256 of each decoded image in order,
- * and the canonical JSON of every other field. `async: false` is dropped so it keys like a missing
- * `async`. The parts are framed as one JSON array, so no field boundary can be forged by content.
+ * The cache and merge key of a recognition request: SHA-256 over the route, the question exactly
+ * as forwarded, each image in order, and every other field as it is forwarded (JSON.stringify
+ * writes numbers in the client's own spelling, see schemas/json-text.ts). Two requests share a key
+ * only if the upstream receives the same question, images and fields. The one exception is the
+ * upstream's own default: `"async": false` keys like a missing `async`.
  * The client is deliberately not part of the key: answers are the same for everyone.
  */
 export function cacheKey(route: string, body: CacheKeyBody): string {
@@ -59,9 +31,9 @@ export function cacheKey(route: string, body: CacheKeyBody): string {
   const framed = JSON.stringify([
     KEY_VERSION,
     route,
-    normalizeQuestion(question),
-    queries.map(imageDigest),
-    canonicalJson(rest),
+    question ?? null,
+    queries.map(imagePart),
+    JSON.stringify(rest),
   ]);
   return createHash('sha256').update(framed).digest('hex');
 }

@@ -4,6 +4,8 @@ import type { CachedAnswer, CacheStore } from './store.ts';
 export interface MemoryCacheStoreOptions {
   /** CACHE_MAX_ENTRIES: least recently used entries are evicted beyond this. */
   maxEntries: number;
+  /** CACHE_MAX_BYTES: and beyond this many bytes of answers (bodies plus keys). */
+  maxBytes: number;
 }
 
 /**
@@ -18,6 +20,8 @@ export class MemoryCacheStore implements CacheStore {
   constructor(options: MemoryCacheStoreOptions) {
     this.#lru = new LRUCache<string, CachedAnswer>({
       max: options.maxEntries,
+      maxSize: options.maxBytes,
+      sizeCalculation: (answer, key) => answer.body.length + key.length,
       perf: { now: () => Date.now() },
       // No cached clock: lru-cache otherwise reuses one reading for 1 ms of real time.
       ttlResolution: 0,

@@ -1,8 +1,10 @@
 /**
  * Request merging ("singleflight"): identical requests in flight at once make one upstream call,
- * and every merged request gets that call's answer or its error (design.md → Cache and request
- * merging). Nothing here caches: an entry lives only while its call runs.
+ * and every merged request gets that call's answer or its error (docs/api.md → Cache and request
+ * merging). Nothing here caches: an entry lives only while its call runs. An error marked
+ * `personal` (the owner's own quota) is not shared: a waiter that sees one tries again itself.
  */
+import { GatewayError } from '../errors.ts';
 
 /** What crosses replicas: an upstream answer to pass through (status and exact body bytes). */
 export interface MergePayload {
@@ -52,7 +54,7 @@ export interface MergeHooks {
 }
 
 export interface MergeRunOptions {
-  /** Epoch ms after which a waiter gives up with a `timeout` GatewayError. */
+  /** Epoch ms after which a waiter gives up with a `timeout` GatewayError; `fn` keeps it too. */
   deadline: number;
   /**
    * Looks the answer up in the cache. A waiter calls it after subscribing, so an answer stored
@@ -93,11 +95,19 @@ export class InflightMerger implements RequestMerger {
     fn: () => Promise<T>,
     _options?: MergeRunOptions,
   ): Promise<MergeResult<T>> {
-    const existing = this.#inflight.get(key) as Promise<T> | undefined;
-    if (existing !== undefined) {
+    for (;;) {
+      const existing = this.#inflight.get(key) as Promise<T> | undefined;
+      if (existing === undefined) return { value: await this.#own(key, fn), shared: false, source: 'owner' };
       this.#onEvent('merged');
-      return { value: await existing, shared: true, source: 'local' };
+      try {
+        return { value: await existing, shared: true, source: 'local' };
+      } catch (error) {
+        if (!isPersonal(error)) throw error;
+      }
     }
+  }
+
+  #own<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const call = Promise.resolve().then(fn);
     this.#inflight.set(key, call);
     // Registered before any waiter's await, so the entry is gone by the time anyone sees the
@@ -106,8 +116,13 @@ export class InflightMerger implements RequestMerger {
       if (this.#inflight.get(key) === call) this.#inflight.delete(key);
     };
     call.then(forget, forget);
-    return { value: await call, shared: false, source: 'owner' };
+    return call;
   }
 
   async close(): Promise<void> {}
+}
+
+/** An error about the owner's request alone (its quota), which merged requests must not inherit. */
+export function isPersonal(error: unknown): boolean {
+  return error instanceof GatewayError && error.personal;
 }

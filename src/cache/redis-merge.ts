@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { GATEWAY_ERRORS, GatewayError, type GatewayErrorCode, toGatewayError } from '../errors.ts';
+import { GatewayError } from '../errors.ts';
 import {
   InflightMerger,
   type MergeEvent,
@@ -10,6 +10,7 @@ import {
   type MergeRunOptions,
   type RequestMerger,
 } from './merge.ts';
+import { decodeDone, encodeDone, type MergeOutcome } from './merge-message.ts';
 
 export interface RedisMergerOptions extends MergeHooks {
   /** Key/channel prefix: `<prefix>lock:<key>` and `<prefix>done:<key>`. */
@@ -40,62 +41,6 @@ const FINISH_SCRIPT = `redis.call('publish', ARGV[2], ARGV[3]) if redis.call('ge
 const RELEASE_SCRIPT = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
 /**
- * What the owner publishes on `<prefix>done:<key>` (JSON): the answer, with the body in Base64 —
- * `{"v":1,"status":200,"body":"<base64>"}` — or the error every waiter should get —
- * `{"v":1,"error":{"code":"timeout","message":"…","status":504,"headers":{…}}}`.
- */
-type DoneMessage =
-  | { v: 1; status: number; body: string }
-  | {
-      v: 1;
-      error: { code: string; message: string; status: number; headers?: Record<string, string> };
-    };
-
-function encodeDone(outcome: { value: MergePayload } | { error: unknown }): string {
-  if ('value' in outcome) {
-    const { status, body } = outcome.value;
-    return JSON.stringify({ v: 1, status, body: body.toString('base64') } satisfies DoneMessage);
-  }
-  // Same mapping the error handler applies: a non-gateway error becomes a generic api_error.
-  const error = toGatewayError(outcome.error);
-  return JSON.stringify({
-    v: 1,
-    error: {
-      code: error.code,
-      message: error.message,
-      status: error.statusCode,
-      ...(Object.keys(error.headers).length > 0 ? { headers: { ...error.headers } } : {}),
-    },
-  } satisfies DoneMessage);
-}
-
-/** Settles a waiter from a done message; undefined when the message is not one of ours. */
-function decodeDone(raw: string): { value: MergePayload } | { error: GatewayError } | undefined {
-  let message: unknown;
-  try {
-    message = JSON.parse(raw);
-  } catch {
-    return undefined;
-  }
-  if (typeof message !== 'object' || message === null) return undefined;
-  const m = message as Record<string, unknown>;
-  if (typeof m.status === 'number' && typeof m.body === 'string') {
-    return { value: { status: m.status, body: Buffer.from(m.body, 'base64') } };
-  }
-  if (typeof m.error !== 'object' || m.error === null) return undefined;
-  const error = m.error as Record<string, unknown>;
-  const code = (
-    typeof error.code === 'string' && error.code in GATEWAY_ERRORS ? error.code : 'api_error'
-  ) as GatewayErrorCode;
-  const headers =
-    typeof error.headers === 'object' && error.headers !== null
-      ? (error.headers as Record<string, string>)
-      : undefined;
-  const text = typeof error.message === 'string' ? error.message : 'the merged request failed';
-  return { error: new GatewayError(code, text, headers ? { headers } : {}) };
-}
-
-/**
  * Merging across replicas through Redis, layered on in-process merging (only one request per key
  * and process takes part in the protocol; the others share its outcome locally).
  *
@@ -113,7 +58,10 @@ function decodeDone(raw: string): { value: MergePayload } | { error: GatewayErro
  *    message published before the lock was released is then already delivered, so a late
  *    message never causes a second upstream call.
  * 4. A waiter gives up at its `deadline` with a `timeout` GatewayError. The owner is bounded by
- *    `fn` itself (the upstream deadline), not by `deadline`.
+ *    `fn` itself, which keeps the owning request's own deadline (a taker-over's and a fallback's
+ *    too: `fn` is always the running request's own closure).
+ * 5. An owner whose error was its own (`personal`: its quota) publishes "retry": waiters start
+ *    over and one of them becomes the owner, paying from its own quota.
  *
  * Any Redis failure degrades to in-process merging (event `fallback`): Redis never fails a request.
  * An answer that is not cacheable and was announced before a waiter subscribed is missed; that
@@ -188,7 +136,31 @@ export class RedisMerger implements RequestMerger {
     } catch (error) {
       return this.#fallback(error, 'lock', fn);
     }
-    return acquired ? this.#own(key, lock, token, fn) : this.#wait(key, lock, token, fn, options);
+    if (acquired) return this.#own(key, lock, token, fn);
+
+    const end = await this.#wait(key, lock, token, options);
+    switch (end.kind) {
+      case 'own':
+        if (end.takeover) this.#onEvent('takeover');
+        return this.#own(key, lock, token, fn);
+      case 'fallback':
+        return this.#fallback(end.error, end.op, fn);
+      case 'cached':
+        this.#onEvent('cached');
+        return { value: end.value, shared: true, source: 'cache' };
+      case 'timeout':
+        this.#onEvent('timeout');
+        throw new GatewayError(
+          'timeout',
+          'no answer before the deadline while waiting for an identical request in flight',
+        );
+    }
+    const { outcome } = end;
+    // The owner's error was its own (its quota): start over, as if this request came first.
+    if ('retry' in outcome) return this.#distributed(key, fn, options);
+    if ('error' in outcome) throw outcome.error;
+    this.#onEvent('remote');
+    return { value: outcome.value, shared: true, source: 'remote' };
   }
 
   async #acquire(lock: string, token: string): Promise<boolean> {
@@ -248,106 +220,99 @@ export class RedisMerger implements RequestMerger {
     return { value: outcome.value, shared: false, source: 'owner' };
   }
 
-  async #wait<T extends MergePayload>(
+  /**
+   * Waits for another replica's call: its done message, the answer in the cache, the lock coming
+   * free (the owner vanished: take over), a Redis failure (fall back), or the deadline.
+   */
+  async #wait(
     key: string,
     lock: string,
     token: string,
-    fn: () => Promise<T>,
     options: MergeRunOptions,
-  ): Promise<MergeResult<T | MergePayload>> {
+  ): Promise<WaitEnd> {
     const channel = `${this.#prefix}done:${key}`;
-    let settle!: (outcome: { value: MergePayload } | { error: GatewayError }) => void;
-    const done = new Promise<{ value: MergePayload } | { error: GatewayError }>((resolve) => {
-      settle = resolve;
-    });
-    let delivered: { value: MergePayload } | { error: GatewayError } | undefined;
+    const delivered = Promise.withResolvers<MergeOutcome>();
+    let received: MergeOutcome | undefined;
     const handler = (raw: string) => {
       const outcome = decodeDone(raw);
-      if (outcome === undefined || delivered !== undefined) return;
-      delivered = outcome;
-      settle(outcome);
+      if (outcome === undefined || received !== undefined) return;
+      received = outcome;
+      delivered.resolve(outcome);
     };
     this.#handlers.set(channel, handler);
-    const timers: NodeJS.Timeout[] = [];
-    let finished = false;
-    /** The lock attempt of a poll in progress: settled before returning, so no lock outlives us. */
-    let polling: Promise<boolean> | undefined;
     try {
       try {
         await this.#subscriber.subscribe(channel);
       } catch (error) {
-        return await this.#fallback(error, 'subscribe', fn);
+        return { kind: 'fallback', error, op: 'subscribe' };
       }
-
       const cached = await this.#cached(options);
-      if (cached !== undefined) {
-        this.#onEvent('cached');
-        return { value: cached, shared: true, source: 'cache' };
-      }
+      if (cached !== undefined) return { kind: 'cached', value: cached };
 
-      // Besides a done message, the wait ends when a lock attempt succeeds or fails, or at the
-      // deadline. The first attempt is the re-check (the owner may have finished before we
-      // subscribed); later ones are polls, and a poll finding the lock free means the owner
-      // vanished without answering.
-      type Turn = { acquired: 'recheck' | 'poll' } | { failed: unknown } | 'timeout';
-      let wake!: (turn: Turn) => void;
-      const turn = new Promise<Turn>((resolve) => {
-        wake = resolve;
-      });
-      const attempt = async (kind: 'recheck' | 'poll'): Promise<boolean> => {
-        try {
-          if (!(await this.#acquire(lock, token))) return false;
-          // A poll that won the lock after the wait ended (answer, deadline) must not keep it.
-          if (finished) await this.#release(lock, token);
-          else wake({ acquired: kind });
-        } catch (error) {
-          wake({ failed: error });
-        }
-        return true;
-      };
-      const poll = async () => {
-        if (delivered !== undefined || finished) return;
-        polling = attempt('poll');
-        if (await polling) return;
-        timers.push(setTimeout(poll, this.#pollIntervalMs));
-      };
-      if (!(await attempt('recheck'))) timers.push(setTimeout(poll, this.#pollIntervalMs));
-      timers.push(setTimeout(() => wake('timeout'), Math.max(0, options.deadline - Date.now())));
-
-      const next = await Promise.race([done, turn]);
-      if (next === 'timeout') {
-        this.#onEvent('timeout');
-        throw new GatewayError(
-          'timeout',
-          'no answer before the deadline while waiting for an identical request in flight',
-        );
-      }
-      if ('failed' in next) return await this.#fallback(next.failed, 'poll', fn);
-      let outcome: { value: MergePayload } | { error: GatewayError };
-      if ('acquired' in next) {
-        // A done message published before the lock was released arrives ahead of this PONG.
+      const watch = this.#watchLock(lock, token, options.deadline, () => received !== undefined);
+      try {
+        const next = await Promise.race([
+          delivered.promise.then((outcome) => ({ delivered: outcome })),
+          watch.turn,
+        ]);
+        if (next === 'timeout') return { kind: 'timeout' };
+        if ('delivered' in next) return { kind: 'outcome', outcome: next.delivered };
+        if ('failed' in next) return { kind: 'fallback', error: next.failed, op: 'poll' };
+        // We hold the lock. A done message published before the owner released it arrives ahead
+        // of this PONG, so a late message never causes a second upstream call.
         await this.#subscriber.ping().catch(() => {});
-        if (delivered === undefined) {
-          if (next.acquired === 'poll') this.#onEvent('takeover');
-          return await this.#own(key, lock, token, fn);
-        }
+        if (received === undefined) return { kind: 'own', takeover: next.acquired === 'poll' };
         await this.#release(lock, token);
-        outcome = delivered;
-      } else {
-        outcome = next;
+        return { kind: 'outcome', outcome: received };
+      } finally {
+        await watch.stop();
       }
-      if ('error' in outcome) throw outcome.error;
-      this.#onEvent('remote');
-      return { value: outcome.value, shared: true, source: 'remote' };
     } finally {
-      finished = true;
-      for (const timer of timers) clearTimeout(timer);
       if (this.#handlers.get(channel) === handler) {
         this.#handlers.delete(channel);
         this.#subscriber.unsubscribe(channel).catch(() => {});
       }
-      await polling;
     }
+  }
+
+  /**
+   * Tries the lock at once (the owner may have finished before we subscribed), then every
+   * `pollIntervalMs` (a lock found free means the owner vanished), until `stop()` or the deadline.
+   * A lock won after the wait ended is released again, so none outlives the waiter.
+   */
+  #watchLock(lock: string, token: string, deadline: number, answered: () => boolean) {
+    const turn = Promise.withResolvers<LockTurn>();
+    const timers: NodeJS.Timeout[] = [];
+    let stopped = false;
+    let attempt: Promise<boolean> | undefined;
+    const tryLock = async (kind: 'recheck' | 'poll'): Promise<boolean> => {
+      try {
+        if (!(await this.#acquire(lock, token))) return false;
+        if (stopped || answered()) await this.#release(lock, token);
+        else turn.resolve({ acquired: kind });
+      } catch (error) {
+        turn.resolve({ failed: error });
+      }
+      return true;
+    };
+    const schedule = (ended: boolean) => {
+      if (!ended && !stopped && !answered()) timers.push(setTimeout(poll, this.#pollIntervalMs));
+    };
+    const poll = () => {
+      attempt = tryLock('poll');
+      attempt.then(schedule);
+    };
+    attempt = tryLock('recheck');
+    attempt.then(schedule);
+    timers.push(setTimeout(() => turn.resolve('timeout'), Math.max(0, deadline - Date.now())));
+    return {
+      turn: turn.promise,
+      stop: async () => {
+        stopped = true;
+        for (const timer of timers) clearTimeout(timer);
+        await attempt;
+      },
+    };
   }
 
   /** Never rejects: a lock left behind only expires a little later. */
@@ -369,3 +334,14 @@ export class RedisMerger implements RequestMerger {
     }
   }
 }
+
+/** How a lock watch ended. */
+type LockTurn = { acquired: 'recheck' | 'poll' } | { failed: unknown } | 'timeout';
+
+/** How a waiter's wait ended. */
+type WaitEnd =
+  | { kind: 'outcome'; outcome: MergeOutcome }
+  | { kind: 'cached'; value: MergePayload }
+  | { kind: 'own'; takeover: boolean }
+  | { kind: 'fallback'; error: unknown; op: string }
+  | { kind: 'timeout' };

@@ -1,4 +1,4 @@
-import { isRecognitionSuccess } from '../schemas/captcha.ts';
+import { holdsExpected } from '../schemas/captcha.ts';
 
 /** An upstream answer as stored: its status and the exact body bytes, replayed unchanged. */
 export interface CachedAnswer {
@@ -18,10 +18,10 @@ export interface CacheStore {
 }
 
 /**
- * Only a sync upstream 200 holding a `solution` object is worth keeping (design.md): never an
- * error, never an async submission (its task id is single-use), never a task poll.
- * `solution` stays opaque: whatever the forwarder accepts as a solution is kept.
+ * Only an upstream 200 holding a `solution` object is worth keeping: never an error. Async
+ * submissions, tokens and task polls never reach the cache (their routes do not use it).
+ * `solution` stays opaque: whatever is accepted as a solution is kept.
  */
-export function isCacheable(status: number, json: unknown, async: boolean): boolean {
-  return !async && status === 200 && isRecognitionSuccess(json, false);
+export function isCacheable(status: number, json: unknown): boolean {
+  return status === 200 && holdsExpected(json, 'solution');
 }

@@ -4,48 +4,40 @@ import { type StoreErrorMode, sharedOrLocal } from './store-fallback.ts';
 
 /** A counter store for daily quotas: reserve one unit below a limit, or give one back. */
 export interface QuotaCounter {
-  /** Adds one to `key` if that stays within `limit`; resolves the new count, or -1 when full. */
-  reserve(key: string, limit: number, ttlSeconds: number): Promise<number>;
+  /**
+   * Adds one to today's count if that stays within `limit`; resolves the new count, or -1 when
+   * full. `stale` are earlier days' keys of the same client, which the store may delete.
+   */
+  reserve(key: string, limit: number, stale: readonly string[]): Promise<number>;
   release(key: string): Promise<void>;
-  used(key: string): Promise<number>;
 }
 
 /** Per-replica counters (the default, and the fallback while Redis is down). */
 export class MemoryQuotaCounter implements QuotaCounter {
-  readonly #counts = new Map<string, { count: number; expiresAt: number }>();
+  readonly #counts = new Map<string, number>();
 
-  async reserve(key: string, limit: number, ttlSeconds: number): Promise<number> {
-    const now = Date.now();
-    const entry = this.#counts.get(key);
-    const current =
-      entry && entry.expiresAt > now ? entry : { count: 0, expiresAt: now + ttlSeconds * 1000 };
-    if (current.count >= limit) return -1;
-    current.count += 1;
-    this.#counts.set(key, current);
-    this.#sweep(now);
-    return current.count;
+  async reserve(key: string, limit: number, stale: readonly string[]): Promise<number> {
+    for (const old of stale) this.#counts.delete(old);
+    const count = this.#counts.get(key) ?? 0;
+    if (count >= limit) return -1;
+    this.#counts.set(key, count + 1);
+    return count + 1;
   }
 
   async release(key: string): Promise<void> {
-    const entry = this.#counts.get(key);
-    if (entry && entry.count > 0) entry.count -= 1;
-  }
-
-  async used(key: string): Promise<number> {
-    const entry = this.#counts.get(key);
-    return entry && entry.expiresAt > Date.now() ? entry.count : 0;
-  }
-
-  /** Yesterday's keys expire; one key per client per day keeps this map small. */
-  #sweep(now: number): void {
-    for (const [key, entry] of this.#counts) if (entry.expiresAt <= now) this.#counts.delete(key);
+    const count = this.#counts.get(key) ?? 0;
+    if (count > 0) this.#counts.set(key, count - 1);
   }
 }
 
-/** Atomic check-and-increment, so replicas sharing one Redis never admit more than the limit. */
+/**
+ * Atomic check-and-increment, so replicas sharing one Redis never admit more than the limit.
+ * Counters carry no TTL: the compose Valkey evicts only keys with one (volatile-lru), so a flood
+ * of cached answers can never evict a quota. Earlier days' keys are deleted here instead.
+ */
 const RESERVE_LUA = `
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if count > tonumber(ARGV[1]) then
   redis.call('DECR', KEYS[1])
   return -1
@@ -64,16 +56,12 @@ export class RedisQuotaCounter implements QuotaCounter {
     this.#redis = redis;
   }
 
-  async reserve(key: string, limit: number, ttlSeconds: number): Promise<number> {
-    return Number(await this.#redis.eval(RESERVE_LUA, 1, key, limit, ttlSeconds));
+  async reserve(key: string, limit: number, stale: readonly string[]): Promise<number> {
+    return Number(await this.#redis.eval(RESERVE_LUA, 1 + stale.length, key, ...stale, limit));
   }
 
   async release(key: string): Promise<void> {
     await this.#redis.eval(RELEASE_LUA, 1, key);
-  }
-
-  async used(key: string): Promise<number> {
-    return Number((await this.#redis.get(key)) ?? 0);
   }
 }
 
@@ -83,7 +71,6 @@ export interface DailyQuotaOptions {
   /** While the shared counter fails: count per replica (`allow`) or refuse (`deny`). */
   onStoreError: StoreErrorMode;
   onError?: (error: unknown) => void;
-  onRefused?: (clientId: string) => void;
   keyPrefix?: string;
 }
 
@@ -93,6 +80,11 @@ export interface QuotaReservation {
 }
 
 const NOTHING_RESERVED: QuotaReservation = { release: async () => {} };
+
+/** Days back whose keys a reservation deletes: yesterday stays (clock skew around midnight). */
+const STALE_DAYS = [2, 3, 4, 5, 6, 7, 8];
+
+const dayOf = (date: Date) => date.toISOString().slice(0, 10);
 
 /**
  * Daily per-client quotas of billed upstream calls, reset at UTC midnight. A unit is reserved
@@ -115,29 +107,17 @@ export class DailyQuota {
     now = new Date(),
   ): Promise<QuotaReservation> {
     if (perDay === undefined) return NOTHING_RESERVED;
-    const day = now.toISOString().slice(0, 10);
-    const key = `${this.#prefix}${clientId}:${day}`;
-    // Kept two days so a clock skew between replicas around midnight cannot revive a count.
-    const ttlSeconds = 2 * 86_400;
-    const counter = await this.#counterFor(async (c) => c.reserve(key, perDay, ttlSeconds));
-    if (counter.result === -1) {
-      this.#options.onRefused?.(clientId);
-      const resetsAt = `${nextUtcMidnight(now).toISOString().slice(0, 19)}Z`;
-      throw new GatewayError(
-        'too_many_requests',
-        `daily quota of ${perDay} upstream calls used up for client ${clientId}; it resets at ${resetsAt} (UTC midnight)`,
-        {
-          headers: {
-            'retry-after': String(
-              Math.ceil((nextUtcMidnight(now).getTime() - now.getTime()) / 1000),
-            ),
-          },
-        },
-      );
-    }
+    const key = this.#keyOf(clientId, now);
+    const stale = STALE_DAYS.map((days) => this.#keyOf(clientId, new Date(now.getTime() - days * 86_400_000)));
+    const counter = await this.#counterFor(async (c) => c.reserve(key, perDay, stale));
+    if (counter.result === -1) throw quotaRefusal(clientId, perDay, now);
     return {
       release: () => counter.store.release(key).catch((error) => this.#options.onError?.(error)),
     };
+  }
+
+  #keyOf(clientId: string, day: Date): string {
+    return `${this.#prefix}${dayOf(day)}:${clientId}`;
   }
 
   #counterFor(
@@ -151,6 +131,17 @@ export class DailyQuota {
       'quota',
     );
   }
+}
+
+/** 429 with the time to midnight; `personal`: a request merged into this one is not refused. */
+function quotaRefusal(clientId: string, perDay: number, now: Date): GatewayError {
+  const midnight = nextUtcMidnight(now);
+  const seconds = Math.ceil((midnight.getTime() - now.getTime()) / 1000);
+  return new GatewayError(
+    'too_many_requests',
+    `daily quota of ${perDay} upstream calls used up for client ${clientId}; it resets at ${midnight.toISOString().slice(0, 19)}Z (UTC midnight)`,
+    { headers: { 'retry-after': String(seconds) }, personal: true, limit: 'quota' },
+  );
 }
 
 export function nextUtcMidnight(now: Date): Date {

@@ -9,21 +9,21 @@ export interface WindowCount {
   ttl: number;
 }
 
-/** Same algorithm as @fastify/rate-limit's RedisStore: INCR, start the window on the first hit. */
+/**
+ * A fixed window per client in one hash (`s` window start, `c` count), timed by Redis's own clock
+ * so replicas agree. No TTL: the compose Valkey evicts only keys with one (volatile-lru), so a
+ * flood of cached answers can never reset a rate limit. One small key per client.
+ */
 const INCR_LUA = `
-local current = redis.call('INCR', KEYS[1])
-local ttl
-if current == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-else
-  ttl = redis.call('PTTL', KEYS[1])
-  if ttl < 0 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[1])
-    ttl = tonumber(ARGV[1])
-  end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local window = tonumber(ARGV[1])
+local start = tonumber(redis.call('HGET', KEYS[1], 's') or '-1')
+if start < 0 or ms >= start + window or ms < start then
+  redis.call('HSET', KEYS[1], 's', ms, 'c', 1)
+  return {1, window}
 end
-return {current, ttl}`;
+return {redis.call('HINCRBY', KEYS[1], 'c', 1), start + window - ms}`;
 
 export interface WindowCounterOptions {
   /** Shared counters; per replica when absent. */

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
 import fp from 'fastify-plugin';
-import type { ClientRecord, ClientRegistry } from '../clients/registry.ts';
+import type { ClientRecord } from '../clients/registry.ts';
 import { GatewayError } from '../errors.ts';
 
 declare module 'fastify' {
@@ -10,25 +10,33 @@ declare module 'fastify' {
   }
   interface FastifyRequest {
     client: ClientRecord | undefined;
+    /** The key the client presented: masked by value in upstream text, never logged or stored. */
+    clientKey: string | undefined;
   }
 }
 
+/** Whatever knows the client keys (the client registry, reloaded when its file changes). */
+export interface ClientAuthenticator {
+  authenticate(key: string | undefined): ClientRecord | undefined;
+}
+
 export interface AuthOptions {
-  registry: ClientRegistry;
+  clients: ClientAuthenticator;
 }
 
 const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
 
 /** Runs before the body is read, so an unknown caller costs no parsing and never reaches upstream. */
-const auth: FastifyPluginAsync<AuthOptions> = async (app, { registry }) => {
+const auth: FastifyPluginAsync<AuthOptions> = async (app, { clients }) => {
   app.decorateRequest('client', undefined);
+  app.decorateRequest('clientKey', undefined);
 
   // Callback-style hooks on the hot path: an async one costs a promise per request.
   app.addHook('onRequest', (request, _reply, done) => {
     if (request.routeOptions.config.auth !== true) return done();
     const header = request.headers.authorization;
     const key = typeof header === 'string' ? BEARER.exec(header)?.[1] : undefined;
-    const client = registry.authenticate(key);
+    const client = clients.authenticate(key);
     if (!client) {
       return done(
         new GatewayError(
@@ -38,6 +46,7 @@ const auth: FastifyPluginAsync<AuthOptions> = async (app, { registry }) => {
       );
     }
     request.client = client;
+    request.clientKey = key;
     request.report.client = client.id;
     done();
   });

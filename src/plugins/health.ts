@@ -3,8 +3,12 @@ import fp from 'fastify-plugin';
 import { z } from 'zod';
 import { GatewayError } from '../errors.ts';
 
-/** A readiness check: returns a problem description, or undefined when healthy. */
-export type ReadinessCheck = () => Promise<string | undefined> | string | undefined;
+/**
+ * What a readiness check found: `degraded` still serves (report it, keep the traffic), `failing`
+ * means this replica cannot serve what another could (take it out of the load balancer).
+ */
+export type CheckResult = { status: 'degraded' | 'failing'; detail: string } | undefined;
+export type ReadinessCheck = () => CheckResult | Promise<CheckResult>;
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -23,14 +27,22 @@ declare module 'fastify' {
 const livenessSchema = z.object({ status: z.literal('ok') }).meta({ id: 'Liveness' });
 const readinessSchema = z
   .object({
-    status: z.enum(['ready', 'not_ready']),
-    failed: z.record(z.string(), z.string()).meta({ description: 'check name → what is wrong' }),
+    status: z.enum(['ready', 'degraded', 'not_ready']),
+    checks: z
+      .record(
+        z.string(),
+        z.object({ status: z.enum(['degraded', 'failing']), detail: z.string() }),
+      )
+      .meta({ description: 'check name → what is wrong; empty when all is well' }),
   })
   .meta({ id: 'Readiness' });
 
 /**
- * `/healthz` (liveness), `/readyz` (readiness: every registered check passes and the gateway is
- * not draining), and the drain switch used by graceful shutdown.
+ * `/healthz` (liveness), `/readyz` (readiness), and the drain switch used by graceful shutdown.
+ * Readiness answers "send me traffic": 503 only while draining or when a check is `failing`;
+ * degraded states (Redis lost under RATE_LIMIT_ON_STORE_ERROR=allow, an open breaker — cache hits
+ * still work —, no usable token) are named in the body with 200, so a load balancer does not
+ * drop every replica at once for trouble they all share.
  */
 const health: FastifyPluginAsync = async (app) => {
   const checks = new Map<string, ReadinessCheck>();
@@ -48,7 +60,9 @@ const health: FastifyPluginAsync = async (app) => {
   app.addHook('preClose', async () => {
     draining = true;
   });
-  app.addReadinessCheck('draining', () => (draining ? 'the gateway is shutting down' : undefined));
+  app.addReadinessCheck('draining', () =>
+    draining ? { status: 'failing', detail: 'the gateway is shutting down' } : undefined,
+  );
 
   // Answers finished while draining close their connection, so the listener can shut without
   // waiting out keep-alive timeouts.
@@ -62,20 +76,16 @@ const health: FastifyPluginAsync = async (app) => {
     if (!draining || request.routeOptions.config.servedWhileDraining) return done();
     reply.header('connection', 'close');
     done(
-      new GatewayError(
-        'upstream_unavailable',
-        'the gateway is shutting down; retry on another instance',
-        {
-          headers: { 'retry-after': '1' },
-        },
-      ),
+      new GatewayError('upstream_unavailable', 'the gateway is shutting down; retry on another instance', {
+        headers: { 'retry-after': '1' },
+      }),
     );
   });
 
   app.get(
     '/healthz',
     {
-      config: { servedWhileDraining: true },
+      config: { servedWhileDraining: true, quietLog: true },
       schema: {
         tags: ['operations'],
         summary: 'Liveness: 200 while the process serves',
@@ -88,21 +98,25 @@ const health: FastifyPluginAsync = async (app) => {
   app.get(
     '/readyz',
     {
-      config: { servedWhileDraining: true },
+      config: { servedWhileDraining: true, quietLog: true },
       schema: {
         tags: ['operations'],
-        summary: 'Readiness: 200 when the gateway can serve; 503 names the failed checks',
+        summary: 'Readiness: 503 only while draining or when this replica cannot serve',
+        description:
+          'Degraded states (Redis lost under RATE_LIMIT_ON_STORE_ERROR=allow, circuit breaker open, no usable upstream token) are reported in the body with 200.',
         response: { 200: readinessSchema, 503: readinessSchema },
       },
     },
     async (_request, reply) => {
-      const failed: Record<string, string> = {};
+      const found: Record<string, { status: 'degraded' | 'failing'; detail: string }> = {};
       for (const [name, check] of checks) {
-        const problem = await check();
-        if (problem !== undefined) failed[name] = problem;
+        const result = await check();
+        if (result !== undefined) found[name] = result;
       }
-      const ready = Object.keys(failed).length === 0;
-      return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not_ready', failed });
+      const results = Object.values(found);
+      const failing = results.some((r) => r.status === 'failing');
+      const status = failing ? 'not_ready' : results.length > 0 ? 'degraded' : 'ready';
+      return reply.code(failing ? 503 : 200).send({ status, checks: found });
     },
   );
 };

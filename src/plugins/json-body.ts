@@ -1,70 +1,74 @@
 import { isUtf8 } from 'node:buffer';
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import type { RawHit } from '../cache/cached-answers.ts';
-import { parseCacheControl } from '../cache/cached-answers.ts';
 import { GatewayError } from '../errors.ts';
+import { parseJsonText } from '../schemas/json-text.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** `answers.rawDigest()` of the body, on routes that answer repeats from raw bytes. */
-    rawDigest: string | undefined;
-    /** Set when the body's exact bytes were answered before and the answer is still cached. */
-    rawHit: RawHit | undefined;
-  }
-  interface FastifyContextConfig {
-    /** Repeats of byte-identical bodies are answered from the cache before parsing. */
-    answerRepeatsFromRawBytes?: boolean;
+    /** The body's exact bytes, from reading until the route releases them (releaseBody). */
+    rawBody: Buffer | undefined;
+    /** The body as parsed, before validation (numbers in the client's spelling), until released. */
+    jsonBody: Record<string, unknown> | undefined;
   }
 }
 
-/** Marks a body that was not parsed because its bytes were answered from the cache. */
-const NOT_PARSED = Object.freeze({});
+/** The body's exact bytes and parsed JSON; dropped by {@link releaseBody} once forwarded. */
+export interface ReadBody {
+  raw: Buffer;
+  json: Record<string, unknown>;
+}
+
+/** Takes the request's body out of the request, so nothing but the forwarded bytes stays held. */
+export function releaseBody(request: FastifyRequest): ReadBody {
+  const raw = request.rawBody ?? Buffer.alloc(0);
+  const json = request.jsonBody ?? {};
+  request.rawBody = undefined;
+  request.jsonBody = undefined;
+  request.body = undefined;
+  return { raw, json };
+}
 
 /**
- * JSON is the only body type (text/plain, a Fastify default, must answer 415, not reach
- * validation). On routes that opt in, the parser answers a repeat of
- * byte-identical bytes from the cache without parsing or validating them again: they were
- * validated when their answer was stored.
+ * Two stages of the pipeline. Reading: JSON is the only body type (text/plain, a Fastify default,
+ * must answer 415, not reach validation), collected as bytes. Parsing, in preValidation: UTF-8
+ * only, no duplicate keys, numbers kept as the client wrote them (schemas/json-text.ts). Parsing
+ * comes after the cache's raw-bytes hook, which answers a byte-identical repeat unparsed.
  */
 const jsonBody: FastifyPluginAsync = async (app) => {
-  const parseJson = app.getDefaultJsonParser('error', 'error');
-  app.decorateRequest('rawDigest', undefined);
-  app.decorateRequest('rawHit', undefined);
+  app.decorateRequest('rawBody', undefined);
+  app.decorateRequest('jsonBody', undefined);
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
     const raw = body as Buffer;
+    request.rawBody = raw;
     request.report.body_bytes = raw.length;
-    // JSON text is UTF-8 (RFC 8259 §8.1). Decoding other bytes would replace them with U+FFFD and
-    // forward a question the client never sent; refuse them instead. The default parser accepts
-    // a Buffer (secure-json-parse decodes it); its type says string.
-    const parse = () =>
-      isUtf8(raw)
-        ? parseJson(request, raw as unknown as string, done)
-        : done(new GatewayError('bad_request', 'request body is not valid UTF-8'), undefined);
-    const directives = parseCacheControl(request.headers['cache-control']);
-    if (
-      !request.routeOptions.config.answerRepeatsFromRawBytes ||
-      directives.noCache ||
-      directives.noStore
-    ) {
-      return parse();
+    request.inflightHold?.shrinkTo(raw.length);
+    done(null, undefined);
+  });
+
+  app.addHook('preValidation', (request, reply, done) => {
+    const raw = request.rawBody;
+    if (raw === undefined || reply.sent) return done();
+    if (raw.length === 0) {
+      return done(new GatewayError('bad_request', 'request body is empty; expected a JSON object'));
     }
-    request.rawDigest = app.answers.rawDigest(request.routeOptions.url ?? '', raw);
-    if (request.rawDigest === undefined) return parse();
-    app.answers.rawHit(request.rawDigest).then(
-      (hit) => {
-        if (!hit) return parse();
-        request.rawHit = hit;
-        done(null, NOT_PARSED);
-      },
-      () => parse(),
-    );
+    // JSON text is UTF-8 (RFC 8259 §8.1); decoding other bytes would forward U+FFFD instead.
+    if (!isUtf8(raw)) return done(new GatewayError('bad_request', 'request body is not valid UTF-8'));
+    const parsed = parseJsonText(raw.toString('utf8'));
+    if (!parsed.ok) return done(new GatewayError('bad_request', parsed.problem));
+    const { value } = parsed;
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      return done(new GatewayError('bad_request', 'request body must be a JSON object'));
+    }
+    request.jsonBody = value as Record<string, unknown>;
+    request.body = value;
+    done();
   });
 };
 
 export default fp(jsonBody, {
   name: 'json-body',
   fastify: '5.x',
-  dependencies: ['request-context', 'cache'],
+  dependencies: ['request-context'],
 });

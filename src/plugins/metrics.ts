@@ -12,16 +12,17 @@ export interface MetricsPluginOptions {
   metrics: GatewayMetrics;
 }
 
-/** Counts every completed request. The `/metrics` route itself lives in the operations routes. */
+/**
+ * Counts every completed request: status, latency, cache outcome, billing and which limit refused
+ * it. The `/metrics` route itself is served on the admin port (ops-routes).
+ */
 const metricsPlugin: FastifyPluginAsync<MetricsPluginOptions> = async (app, { metrics }) => {
   app.decorate('metrics', metrics);
-  app.onRequestCompleted(({ route, status, clientId, durationMs }) => {
-    metrics.observeRequest(route, status, clientId, durationMs / 1000);
-  });
+  app.onRequestCompleted(metrics.observe);
 };
 
 export default fp(metricsPlugin, {
   name: 'metrics',
   fastify: '5.x',
-  dependencies: ['request-context', 'auth'],
+  dependencies: ['request-context'],
 });

@@ -15,8 +15,6 @@ declare module 'fastify' {
 
 export interface QuotaPluginOptions {
   onStoreError: StoreErrorMode;
-  /** Called once per request refused for its quota, e.g. for a metric. */
-  onRefused?: (clientId: string) => void;
 }
 
 /** Daily quotas of billed upstream calls, shared through Redis when it is configured. */
@@ -28,7 +26,6 @@ const quota: FastifyPluginAsync<QuotaPluginOptions> = async (app, options) => {
       shared: redis ? new RedisQuotaCounter(redis) : undefined,
       onStoreError: options.onStoreError,
       onError: (error) => app.log.debug({ err: error }, 'quota store error'),
-      onRefused: options.onRefused,
     }),
   );
 };

@@ -9,8 +9,6 @@ export interface RateLimitPluginOptions {
   defaultMax: number;
   defaultWindowSeconds: number;
   onStoreError: StoreErrorMode;
-  /** Called once per refused request, e.g. for a metric. */
-  onLimited?: (clientId: string) => void;
 }
 
 const windowSecondsOf = (request: FastifyRequest, fallback: number) =>
@@ -53,11 +51,12 @@ const clientRateLimit: FastifyPluginAsync<RateLimitPluginOptions> = async (app, 
     keyGenerator: (request) => request.client?.id ?? 'anonymous',
     max: (request) => request.client?.rateLimit?.max ?? options.defaultMax,
     timeWindow: (request) => windowSecondsOf(request, options.defaultWindowSeconds) * 1000,
-    onExceeded: (request) => options.onLimited?.(request.client?.id ?? 'anonymous'),
+    // The plugin sets retry-after and the ratelimit-* headers itself.
     errorResponseBuilder: (request, context) =>
       new GatewayError(
         'too_many_requests',
         `rate limit of ${context.max} requests per ${windowSecondsOf(request, options.defaultWindowSeconds)} s exceeded for client ${request.client?.id ?? 'anonymous'}; retry in ${context.after}`,
+        { limit: 'rate_limit' },
       ),
   });
 };

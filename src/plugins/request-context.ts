@@ -10,10 +10,8 @@ import {
 } from 'fastify';
 import fp from 'fastify-plugin';
 import type { CacheEvent } from '../cache/cached-answers.ts';
+import type { LimitName } from '../errors.ts';
 import type { UpstreamCallReport } from '../upstream/client.ts';
-
-/** Which limit refused a request, for the log line, metrics and usage counts. */
-export type LimitName = 'rate_limit' | 'quota' | 'client_in_flight' | 'bytes_in_flight';
 
 /** Fields of the one completion log line that request handling fills in as it goes. */
 export interface RequestReport extends UpstreamCallReport {
@@ -30,6 +28,8 @@ export interface RequestReport extends UpstreamCallReport {
 declare module 'fastify' {
   interface FastifyRequest {
     report: RequestReport;
+    /** Epoch ms the request arrived: its deadline counts from here. */
+    receivedAt: number;
   }
   interface FastifyContextConfig {
     /** Completion line at debug level (health probes arrive every few seconds). */
@@ -83,6 +83,7 @@ const requestOnSocket = new WeakMap<Socket, FastifyRequest>();
 /** Starts tracking a request: its report, its start time, and the socket it arrived on. */
 export function trackRequest(request: FastifyRequest): void {
   request.report = { retries: 0, [kStartedAt]: performance.now() } as Tracked;
+  request.receivedAt = Date.now();
   if (request.raw.socket) requestOnSocket.set(request.raw.socket, request);
 }
 
@@ -154,10 +155,11 @@ export function completeUnparsedRequest(
   app: FastifyInstance,
   traceId: string,
   status: number,
+  errorCode: string,
   clientError: string | undefined,
 ): void {
   app.log.info(
-    { trace_id: traceId, route: 'unmatched', status, client_error: clientError },
+    { trace_id: traceId, route: 'unmatched', status, error_code: errorCode, client_error: clientError },
     'request completed',
   );
   notify(app, {
@@ -167,7 +169,7 @@ export function completeUnparsedRequest(
     durationMs: 0,
     cache: undefined,
     billed: false,
-    errorCode: 'bad_request',
+    errorCode,
     limit: undefined,
   });
 }
@@ -200,6 +202,7 @@ const requestContext: FastifyPluginAsync = async (app) => {
     listeners.push(listener);
   });
   app.decorateRequest('report', null as unknown as RequestReport);
+  app.decorateRequest('receivedAt', 0);
 
   app.addHook('onRequest', (request, reply, done) => {
     trackRequest(request);

@@ -13,14 +13,24 @@ export interface UpstreamPluginOptions {
 }
 
 /**
- * Owns the upstream client: exposes it to routes, reports an open circuit to /readyz (a replica
- * that can only fail fast should leave the load balancer), and closes the pool with the app.
+ * Owns the upstream client: exposes it to routes, reports its trouble to /readyz as degraded (an
+ * open breaker still lets cache hits through, and every replica shares the upstream: taking them
+ * all out of the load balancer would help nobody), and closes the pool with the app.
  */
 const upstream: FastifyPluginAsync<UpstreamPluginOptions> = async (app, { client }) => {
   app.decorate('upstream', client);
   app.addReadinessCheck('upstream_circuit', () =>
-    client.circuitState() === 'open' ? 'the upstream circuit breaker is open' : undefined,
+    client.circuitState() === 'open'
+      ? { status: 'degraded', detail: 'the upstream circuit breaker is open; cache hits are served' }
+      : undefined,
   );
+  app.addReadinessCheck('upstream_tokens', () => {
+    const { usable, total } = client.tokenState();
+    if (usable === total) return undefined;
+    return usable === 0
+      ? { status: 'degraded', detail: `no upstream token is usable (0 of ${total}); cache hits are served` }
+      : { status: 'degraded', detail: `${usable} of ${total} upstream tokens are usable` };
+  });
   app.addHook('onClose', async () => {
     await client.close();
   });

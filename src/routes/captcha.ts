@@ -1,133 +1,246 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
-import { parseCacheControl } from '../cache/cached-answers.ts';
+import { type Answer, parseCacheControl } from '../cache/cached-answers.ts';
+import { cacheKey } from '../cache/key.ts';
+import { GatewayError } from '../errors.ts';
+import { releaseBody } from '../plugins/json-body.ts';
 import {
-  asyncSubmissionSchema,
-  errorEnvelopeSchema,
+  type ExpectedField,
+  polledTaskId,
+  type RecognitionRequest,
   recognitionRequestSchema,
-  recognitionResponseSchema,
+  tokenRequestSchema,
   taskRequestSchema,
-  taskStatusSchema,
 } from '../schemas/captcha.ts';
-import type { ExpectedReply, UpstreamPath } from '../upstream/client.ts';
-
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** Path this route forwards to on Ace Data Cloud. */
-    upstreamPath?: UpstreamPath;
-  }
-}
-
-const JSON_TYPE = 'application/json; charset=utf-8';
-
-/** Error answers every captcha route can give (the upstream's own pass through with its status). */
-const errorResponses = Object.fromEntries(
-  [400, 401, 404, 413, 415, 429, 500, 502, 503, 504].map((status) => [status, errorEnvelopeSchema]),
-);
-const security = [{ clientKey: [] }];
+import { type ImageLimits, imageLimitProblem } from '../schemas/image.ts';
+import { parseJson, upstreamErrorCode } from '../upstream/reply.ts';
+import type { CallKind, UpstreamPath, UpstreamReply } from '../upstream/types.ts';
+import { recognitionResponses, taskResponses, tokenResponses } from './responses.ts';
 
 export interface CaptchaRoutesOptions {
-  /** UPSTREAM_TIMEOUT_MS: a request merged into another's call waits at most this long. */
+  /** UPSTREAM_TIMEOUT_MS: a request's deadline, counted from its arrival. */
   upstreamTimeoutMs: number;
+  images: ImageLimits;
 }
 
-/** The two drop-in routes: same paths and JSON as Ace Data Cloud, answered through the upstream. */
+const RECOGNITION = '/captcha/recognition/hcaptcha';
+const TOKEN = '/captcha/token/hcaptcha';
+const TASKS = '/captcha/tasks';
+const JSON_TYPE = 'application/json; charset=utf-8';
+const security = [{ clientKey: [] }];
+
+/**
+ * The drop-in routes: Ace Data Cloud's hCaptcha paths and JSON, answered through the upstream.
+ * Each handler is the tail of the pipeline, top to bottom: check the limits the schema cannot
+ * know → build the exact bytes to forward → cache and merge (recognition only) → quota → upstream
+ * call (breaker, retries, token, gate: upstream/client.ts) → the upstream's bytes, unchanged.
+ */
 const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, options) => {
   const routes = app.withTypeProvider<ZodTypeProvider>();
 
   routes.post(
-    '/captcha/recognition/hcaptcha',
+    RECOGNITION,
     {
       schema: {
         tags: ['captcha'],
         summary: 'Recognise an hCaptcha challenge (sync, or async with "async": true)',
         description:
-          'Forwarded to Ace Data Cloud unchanged after validation; answers carry an RFC 9211 cache-status header.',
+          'Forwarded to Ace Data Cloud after validation; sync answers come from the cache when the same request was answered before, and identical requests in flight share one upstream call. Answers carry an RFC 9211 cache-status header.',
         security,
         body: recognitionRequestSchema,
-        response: { 200: recognitionResponseSchema.or(asyncSubmissionSchema), ...errorResponses },
+        response: recognitionResponses,
       },
       config: {
         auth: true,
         rateLimit: {},
+        inflightLimits: true,
+        cached: true,
         countsTowardQuota: true,
-        answerRepeatsFromRawBytes: true,
-        upstreamPath: '/captcha/recognition/hcaptcha',
-      },
-      // A repeat of bytes answered before was found by the body parser: answer it, skip validation.
-      preValidation: async (request, reply) => {
-        const hit = request.rawHit;
-        if (!hit) return;
-        request.report.images = hit.images;
-        request.report.cache = hit.event;
-        reply.header('cache-status', hit.cacheStatus);
-        return sendUpstreamBytes(reply, hit);
       },
     },
     async (request, reply) => {
-      const { body } = request;
-      request.report.images = body.queries.length;
-      const answer = await app.answers.answer({
-        route: request.routeOptions.url ?? '',
-        body,
-        directives: parseCacheControl(request.headers['cache-control']),
-        reserveQuota: () => reserveQuota(request),
-        callUpstream: () => callUpstream(request, body.async === true ? 'task_id' : 'solution'),
-        deadline: Date.now() + options.upstreamTimeoutMs,
-        rawDigest: request.rawDigest,
-      });
+      const { bytes, key, images } = prepareRecognition(request);
+      const directives = parseCacheControl(request.headers['cache-control']);
+      const answer =
+        key === undefined
+          ? await app.answers.bypass(() => submitTask(request, RECOGNITION, bytes), directives)
+          : await app.answers.answer({
+              key,
+              directives,
+              deadline: deadlineOf(request),
+              rawDigest: request.rawDigest,
+              images,
+              call: () => billedCall(request, RECOGNITION, 'solve', bytes, 'solution'),
+            });
       request.report.cache = answer.event;
       reply.header('cache-status', answer.cacheStatus);
-      return sendUpstreamBytes(reply, answer);
+      return sendUpstreamBytes(request, reply, answer);
     },
   );
 
   routes.post(
-    '/captcha/tasks',
+    TOKEN,
     {
       schema: {
         tags: ['captcha'],
-        summary: 'Poll an async recognition task (never cached)',
+        summary: 'Solve an hCaptcha and get a single-use token (sync, or async with "async": true)',
+        description: 'Forwarded to Ace Data Cloud after validation; never cached, never merged: every token is single-use.',
         security,
-        body: taskRequestSchema,
-        response: { 200: taskStatusSchema, ...errorResponses },
+        body: tokenRequestSchema,
+        response: tokenResponses,
       },
-      // Polling is free upstream and never cached: rate limited, not counted toward the quota.
-      config: { auth: true, rateLimit: {}, upstreamPath: '/captcha/tasks' },
+      config: { auth: true, rateLimit: {}, inflightLimits: true, countsTowardQuota: true },
     },
     async (request, reply) => {
-      return sendUpstreamBytes(reply, await callUpstream(request, 'json'));
+      const isAsync = request.body.async === true;
+      const { raw } = releaseBody(request);
+      const answer = isAsync
+        ? await submitTask(request, TOKEN, raw)
+        : await billedCall(request, TOKEN, 'solve', raw, 'token');
+      return sendUpstreamBytes(request, reply, answer);
+    },
+  );
+
+  routes.post(
+    TASKS,
+    {
+      schema: {
+        tags: ['captcha'],
+        summary: 'Poll an async task (recognition or token)',
+        description:
+          'Forwarded unchanged; never cached. Only the client that created a task may poll it: anyone else gets 404 not_found. Both {"task_id"} and the SDK poller\'s {"id","action":"retrieve"} are accepted.',
+        security,
+        body: taskRequestSchema,
+        response: taskResponses,
+      },
+      // Polling is free upstream: rate limited, not counted toward the quota.
+      config: { auth: true, rateLimit: {}, inflightLimits: true },
+    },
+    async (request, reply) => {
+      const taskId = polledTaskId(request.body);
+      const owner = await app.taskOwners.ownerOf(taskId);
+      if (owner === undefined || owner !== request.client?.id) {
+        throw new GatewayError('not_found', 'task not found: no task with this id was created by this client');
+      }
+      const { raw } = releaseBody(request);
+      return sendUpstreamBytes(request, reply, await upstreamCall(request, TASKS, 'poll', raw, undefined));
     },
   );
 
   /**
-   * The upstream's status and exact bytes, unchanged (the response schemas describe them for the
-   * OpenAPI document; the bytes are not re-serialized).
+   * Checks what the schema cannot know, then keeps only what the call needs: the bytes to
+   * forward and the cache key (none for an async submission). Synchronous on purpose: nothing of
+   * the parsed body survives into the handler's awaits.
    */
-  function sendUpstreamBytes(reply: FastifyReply, answer: { status: number; body: Buffer }) {
-    return reply.code(answer.status).type(JSON_TYPE).send(answer.body);
+  function prepareRecognition(request: FastifyRequest<{ Body: RecognitionRequest }>) {
+    const { queries } = request.body;
+    const isAsync = request.body.async === true;
+    checkImages(queries);
+    request.report.images = queries.length;
+    const forward = forwardedRecognition(request, queries);
+    return {
+      bytes: forward.bytes,
+      key: isAsync ? undefined : cacheKey(RECOGNITION, forward.json),
+      images: queries.length,
+    };
   }
 
-  function reserveQuota(request: FastifyRequest) {
-    const { client } = request;
+  /** The settings-dependent limits on `queries`, which a static schema cannot know. */
+  function checkImages(queries: readonly string[]): void {
+    if (queries.length > options.images.maxImages) {
+      throw new GatewayError('bad_request', `body.queries: must hold at most ${options.images.maxImages} images`);
+    }
+    for (const [index, item] of queries.entries()) {
+      const problem = imageLimitProblem(item, options.images);
+      if (problem) throw new GatewayError('bad_request', `body.queries[${index}]: ${problem}`);
+    }
+  }
+
+  function deadlineOf(request: FastifyRequest): number {
+    return request.receivedAt + options.upstreamTimeoutMs;
+  }
+
+  /** Creates a task and records its owner, so that only this client may poll it. */
+  async function submitTask(request: FastifyRequest, path: UpstreamPath, body: Buffer) {
+    const answer = await billedCall(request, path, 'solve', body, 'task_id');
+    const taskId = (answer.json as { task_id?: unknown }).task_id;
+    if (answer.status < 300 && typeof taskId === 'string' && request.client) {
+      await app.taskOwners.record(taskId, request.client.id);
+    }
+    return answer;
+  }
+
+  /**
+   * A call the upstream may bill, made by this request itself (never by a merged one): reserves
+   * a unit of the client's daily quota first, and gives it back unless the upstream billed it.
+   */
+  async function billedCall(
+    request: FastifyRequest,
+    path: UpstreamPath,
+    kind: CallKind,
+    body: Buffer,
+    expect: ExpectedField,
+  ): Promise<UpstreamReply> {
+    const client = request.client;
     const perDay = request.routeOptions.config.countsTowardQuota
       ? client?.quota?.upstreamCallsPerDay
       : undefined;
-    return app.quota.reserve(client?.id ?? 'anonymous', perDay);
+    const reservation = await app.quota.reserve(client?.id ?? 'anonymous', perDay);
+    try {
+      return await upstreamCall(request, path, kind, body, expect);
+    } finally {
+      if (!request.report.billed) await reservation.release();
+    }
   }
 
-  function callUpstream(request: FastifyRequest, expect: ExpectedReply) {
-    const path = request.routeOptions.config.upstreamPath;
-    if (path === undefined) throw new Error('route is missing config.upstreamPath');
+  function upstreamCall(
+    request: FastifyRequest,
+    path: UpstreamPath,
+    kind: CallKind,
+    body: Buffer,
+    expect: ExpectedField,
+  ): Promise<UpstreamReply> {
     return app.upstream.call({
       path,
-      body: JSON.stringify(request.body),
+      kind,
+      body,
       expect,
       traceId: request.id,
+      clientId: request.client?.id ?? 'anonymous',
+      clientKey: request.clientKey,
+      deadline: deadlineOf(request),
       report: request.report,
       log: request.log,
     });
   }
+
+  /** The upstream's status and exact bytes, unchanged (never re-serialized). */
+  function sendUpstreamBytes(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    answer: Pick<Answer, 'status' | 'body'>,
+  ) {
+    if (answer.status >= 400) request.report.error_code = upstreamErrorCode(parseJson(answer.body));
+    return reply.code(answer.status).type(JSON_TYPE).send(answer.body);
+  }
 };
+
+/**
+ * The bytes to forward and the body they hold. The client's own bytes when nothing was rewritten;
+ * otherwise its JSON with `queries` replaced (numbers keep their spelling, members their order).
+ * Either way the request keeps nothing else: the parsed body and raw bytes are released.
+ */
+function forwardedRecognition(
+  request: FastifyRequest,
+  queries: readonly string[],
+): { bytes: Buffer; json: Record<string, unknown> & { queries: readonly string[] } } {
+  const { raw, json } = releaseBody(request);
+  const original = json.queries as readonly unknown[];
+  if (queries.every((item, index) => item === original[index])) {
+    return { bytes: raw, json: json as Record<string, unknown> & { queries: readonly string[] } };
+  }
+  const rewritten = { ...json, queries };
+  return { bytes: Buffer.from(JSON.stringify(rewritten)), json: rewritten };
+}
 
 export default captchaRoutes;

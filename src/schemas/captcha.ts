@@ -1,88 +1,133 @@
 import { z } from 'zod';
 import { imageQuerySchema } from './image.ts';
-import { jsonShapeProblem } from './json-shape.ts';
-
-export const MAX_QUESTION_CHARS = 500;
-export const MAX_QUERIES = 18;
 
 /**
- * Rejects a body the gateway could not forward unchanged (see json-shape.ts): too deeply nested,
- * or holding a number beyond the double range. Names the top-level field, never echoes values.
+ * The upstream's hCaptcha API (Ace Data Cloud's OpenAPI spec, openapi/hcaptcha.json), as the
+ * gateway checks it before forwarding. The spec marks no recognition field required and sets no
+ * limits, so only what is certainly malformed is refused; unknown fields pass through unchanged.
  */
-function forwardableBody(body: Record<string, unknown>, ctx: z.RefinementCtx): void {
-  const problem = jsonShapeProblem(body);
-  if (problem === undefined) return;
-  ctx.addIssue({
-    code: 'custom',
-    message: problem.message,
-    path: problem.field === undefined ? [] : [problem.field],
-    input: undefined,
-  });
-}
 
-/**
- * `POST /captcha/recognition/hcaptcha` body. Unknown fields pass through unchanged (the upstream
- * may accept more than it documents); `queries` come out normalised (no data: prefix, no wrapping).
- */
+const asyncField = z
+  .boolean({ error: 'must be a boolean' })
+  .optional()
+  .meta({ description: 'true: answer 201 with a task_id at once; poll POST /captcha/tasks' });
+
+/** `POST /captcha/recognition/hcaptcha`: `queries` come out as the text to forward. */
 export const recognitionRequestSchema = z
   .looseObject({
+    queries: z
+      .array(imageQuerySchema, { error: 'is required and must be an array of images' })
+      .min(1, 'must hold at least 1 image'),
     question: z
-      .string({ error: 'is required and must be a string' })
-      .refine((q) => q.trim().length > 0, 'must not be empty')
-      .refine(
-        (q) => [...q.trim()].length <= MAX_QUESTION_CHARS,
-        `must be at most ${MAX_QUESTION_CHARS} characters`,
-      )
+      .string({ error: 'must be a string' })
+      .optional()
       .meta({
         description: 'The challenge question, English or Chinese',
         example: 'Please click each image containing a bus',
       }),
-    queries: z
-      .array(imageQuerySchema, { error: 'is required and must be an array of Base64 images' })
-      .min(1, 'must hold at least 1 image')
-      .max(MAX_QUERIES, `must hold at most ${MAX_QUERIES} images`),
-    async: z
-      .boolean({ error: 'must be a boolean' })
-      .optional()
-      .meta({ description: 'Submit as a task and poll /captcha/tasks' }),
+    async: asyncField,
   })
-  .superRefine(forwardableBody)
   .meta({ id: 'RecognitionRequest' });
 
 export type RecognitionRequest = z.output<typeof recognitionRequestSchema>;
 
-/** `POST /captcha/tasks` body: poll an async recognition task. */
-export const taskRequestSchema = z
+/** `POST /captcha/token/hcaptcha`: solves a challenge; every answer is a single-use token. */
+export const tokenRequestSchema = z
   .looseObject({
-    task_id: z
+    website_key: z
       .string({ error: 'is required and must be a string' })
       .min(1, 'must not be empty')
-      .max(256, 'must be at most 256 characters'),
+      .meta({ example: 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2' }),
+    website_url: z
+      .string({ error: 'is required and must be a string' })
+      .min(1, 'must not be empty')
+      .meta({ example: 'https://accounts.hcaptcha.com/demo' }),
+    rqdata: z.string({ error: 'must be a string' }).optional(),
+    proxy: z
+      .string({ error: 'must be a string' })
+      .optional()
+      .meta({ example: 'http://user:pass@1.2.3.4:8080' }),
+    async: asyncField,
   })
-  .superRefine(forwardableBody)
+  .meta({ id: 'TokenRequest' });
+
+const taskIdField = z.string({ error: 'must be a string' }).min(1, 'must not be empty').max(256);
+
+/**
+ * `POST /captcha/tasks`: `{"task_id": …}` (the spec, the CLI and the MCP tools) or
+ * `{"id": …, "action": "retrieve"}` (the SDK's generic task poller). Forwarded unchanged.
+ */
+export const taskRequestSchema = z
+  .looseObject({
+    task_id: taskIdField.optional(),
+    id: taskIdField.optional(),
+    action: z.literal('retrieve', { error: 'must be "retrieve"' }).optional(),
+  })
+  .superRefine((body, ctx) => {
+    if (body.task_id === undefined && body.id === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'is required', path: ['task_id'], input: undefined });
+    } else if (body.task_id !== undefined && body.id !== undefined && body.task_id !== body.id) {
+      ctx.addIssue({
+        code: 'custom',
+        message: 'must equal body.id when both are given',
+        path: ['task_id'],
+        input: undefined,
+      });
+    }
+  })
   .meta({ id: 'TaskRequest' });
 
 export type TaskRequest = z.output<typeof taskRequestSchema>;
 
-/** Solution is opaque: `box` may hold strings or numbers, the score key varies, grids differ. */
+/** The task a poll asks about, in either shape. */
+export function polledTaskId(body: TaskRequest): string {
+  return body.task_id ?? body.id ?? '';
+}
+
+// --- Responses: documented for /openapi.json; answers are the upstream's bytes, never re-serialised.
+
+/** Opaque: `box` may hold strings or numbers, the score key varies, grids differ. */
 export const solutionSchema = z.record(z.string(), z.unknown()).meta({ id: 'Solution' });
 
+const timing = {
+  elapsed: z.number().optional().meta({ description: 'Seconds the upstream took' }),
+  started_at: z.number().optional(),
+  finished_at: z.number().optional(),
+};
+
 export const recognitionResponseSchema = z
-  .looseObject({ solution: solutionSchema, elapsed: z.number().optional() })
+  .looseObject({ solution: solutionSchema, ...timing })
   .meta({ id: 'RecognitionResponse' });
 
-export const asyncSubmissionSchema = z
+export const tokenResponseSchema = z
+  .looseObject({ token: z.string().meta({ description: 'Single-use hCaptcha token' }), ...timing })
+  .meta({ id: 'TokenResponse' });
+
+export const taskCreatedSchema = z
   .looseObject({ task_id: z.string(), trace_id: z.string().optional() })
-  .meta({ id: 'AsyncSubmission' });
+  .meta({ id: 'TaskCreated' });
 
 export const taskStatusSchema = z
   .looseObject({
+    success: z.boolean().optional(),
     task_id: z.string().optional(),
-    status: z.string().optional(),
+    status: z.enum(['processing', 'ready']),
     solution: solutionSchema.optional(),
-    trace_id: z.string().optional(),
+    token: z.string().optional(),
+    ...timing,
   })
   .meta({ id: 'TaskStatus' });
+
+export const taskTimedOutSchema = z
+  .looseObject({
+    detail: z.string(),
+    code: z.literal('timeout'),
+    success: z.literal(false),
+    task_id: z.string().optional(),
+    status: z.literal('failed'),
+    ...timing,
+  })
+  .meta({ id: 'TaskTimedOut', description: 'Terminal: the task missed the upstream deadline' });
 
 /** The upstream's error envelope, which the gateway reuses for its own errors. */
 export const errorEnvelopeSchema = z
@@ -93,10 +138,14 @@ export const errorEnvelopeSchema = z
   })
   .meta({ id: 'ErrorEnvelope' });
 
-/** What a recognition 200 must hold to be forwarded; anything else is a malformed reply. */
-export function isRecognitionSuccess(body: unknown, async: boolean): boolean {
-  if (typeof body !== 'object' || body === null) return false;
-  if (async) return typeof (body as { task_id?: unknown }).task_id === 'string';
-  const solution = (body as { solution?: unknown }).solution;
-  return typeof solution === 'object' && solution !== null;
+/** What a 2xx must hold to be passed through; anything else is a malformed reply. */
+export type ExpectedField = 'solution' | 'token' | 'task_id' | undefined;
+
+export function holdsExpected(json: unknown, field: ExpectedField): boolean {
+  if (field === undefined) return true;
+  if (typeof json !== 'object' || json === null) return false;
+  const value = (json as Record<string, unknown>)[field];
+  return field === 'solution'
+    ? typeof value === 'object' && value !== null
+    : typeof value === 'string' && value.length > 0;
 }

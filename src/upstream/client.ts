@@ -1,17 +1,25 @@
 import { isBrokenCircuitError, isIsolatedCircuitError } from 'cockatiel';
 import { Pool } from 'undici';
 import { GatewayError } from '../errors.ts';
-import { BACKOFF_DEFAULTS, Breaker, retryPolicyFor, transientReason } from './policy.ts';
-import { isCredentialRejection, judgeReply, parseJson, upstreamErrorCode } from './reply.ts';
+import type { UpstreamGate } from './gate.ts';
+import {
+  BACKOFF_DEFAULTS,
+  Breaker,
+  isUpstreamFault,
+  type JudgedReply,
+  retryPolicyFor,
+  transientReason,
+} from './policy.ts';
+import { credentialProblem, judgeReply, parseJson, upstreamErrorCode } from './reply.ts';
 import { retryAfterMs, secondsFromMs } from './retry-after.ts';
+import type { RetryBudget } from './retry-budget.ts';
+import type { SecretMask } from './secrets.ts';
 import { type PooledToken, TokenPool } from './token-pool.ts';
 import type { CircuitLabel, UpstreamCall, UpstreamEvents, UpstreamReply } from './types.ts';
 
-export { retryAfterSeconds } from './retry-after.ts';
 export type {
   CircuitLabel,
   CoreLogger,
-  ExpectedReply,
   UpstreamCall,
   UpstreamCallReport,
   UpstreamEvents,
@@ -21,7 +29,6 @@ export type {
 
 /** Named defaults for the connection pool; each one is a deliberate choice, not undici's default. */
 export const POOL_DEFAULTS = {
-  connections: 256,
   connectTimeoutMs: 10_000,
   keepAliveTimeoutMs: 30_000,
   keepAliveMaxTimeoutMs: 300_000,
@@ -36,34 +43,35 @@ export const RESILIENCE_DEFAULTS = {
   breakerCooldownMs: 30_000,
   /** How long a rejected token stays out of rotation before one request may try it again. */
   tokenRecheckMs: 60_000,
-  /** Upper bound of the least deadline left for a retry to start (see minAttemptMs). */
+  /** Upper bound of the least deadline left for an attempt to start (see minAttemptMs). */
   minAttemptMs: 1_000,
+  /** A 429 without retry-after cools its token down this long. */
+  defaultCoolDownMs: 1_000,
 } as const;
 
 export interface UpstreamClientOptions {
   baseUrl: string;
   tokens: readonly string[];
-  /** Whole-call deadline: every attempt, retry and backoff included. */
+  /** UPSTREAM_TIMEOUT_MS: what a request gets in all; the request's own deadline is passed per call. */
   timeoutMs: number;
+  /** Calls in flight at once: the connection pool's size. */
+  maxConnections: number;
   maxRetries?: number;
   /** Full-jitter exponential backoff: attempt n waits random [0, min(max, initial·2ⁿ⁻¹)). */
   backoff?: { initialDelayMs?: number; maxDelayMs?: number };
-  /** A retry starts only if this much deadline is left after its wait; default min(1 s, timeoutMs/10). */
+  /** An attempt starts only if this much deadline is left; default min(1 s, timeoutMs/10). */
   minAttemptMs?: number;
   breakerThreshold?: number;
   breakerCooldownMs?: number;
   tokenRecheckMs?: number;
   events?: UpstreamEvents;
   pool?: { [K in keyof typeof POOL_DEFAULTS]?: number };
-  /**
-   * Admission for each upstream request (concurrency, rate and queue caps); it rejects with a
-   * GatewayError when a request cannot be admitted before `signal` (the call's deadline) aborts.
-   */
-  gate?: UpstreamAdmission;
-}
-
-export interface UpstreamAdmission {
-  run<T>(send: () => Promise<T>, signal: AbortSignal): Promise<T>;
+  /** Admission of every attempt (rate, concurrency, fair queue). */
+  gate?: UpstreamGate;
+  /** Per-token rate the gate gets for each usable token. */
+  ratePerToken?: number;
+  retryBudget?: RetryBudget;
+  secrets?: SecretMask;
 }
 
 /** What one call remembers across its attempts. */
@@ -71,10 +79,18 @@ interface CallState {
   readonly rejected: Set<PooledToken>;
   last?: PooledToken;
   firstSentAt?: number;
+  /** The last token rejection, which decides the answer when no token is left. */
+  lastRejection?: 'rejected' | 'used_up' | 'disabled';
 }
 
-const CREDENTIALS_REJECTED = "the gateway's upstream credentials were rejected";
+const CREDENTIALS_REJECTED =
+  "the gateway's upstream credentials were rejected; this is the gateway's account, not your key — tell the gateway's operator";
 
+/**
+ * Ace Data Cloud's API, called safely: the request's deadline, transient faults retried within a
+ * retry budget, a circuit breaker that sees only upstream trouble, a token pool that survives a
+ * rejected or exhausted token, and fair admission at the gate. No Fastify here.
+ */
 export class UpstreamClient {
   readonly #pool: Pool;
   readonly #pathPrefix: string;
@@ -85,7 +101,12 @@ export class UpstreamClient {
   readonly #minAttemptMs: number;
   readonly #breaker: Breaker;
   readonly #events: UpstreamEvents;
-  readonly #gate: UpstreamAdmission | undefined;
+  readonly #gate: UpstreamGate | undefined;
+  readonly #ratePerToken: number | undefined;
+  readonly #budget: RetryBudget | undefined;
+  readonly #secrets: SecretMask | undefined;
+  /** Why the last token left rotation: the answer while none is usable. */
+  #lastRejection: CallState['lastRejection'];
 
   constructor(options: UpstreamClientOptions) {
     const url = new URL(options.baseUrl);
@@ -98,6 +119,9 @@ export class UpstreamClient {
       options.minAttemptMs ?? Math.min(RESILIENCE_DEFAULTS.minAttemptMs, options.timeoutMs / 10);
     this.#events = options.events ?? {};
     this.#gate = options.gate;
+    this.#ratePerToken = options.ratePerToken;
+    this.#budget = options.retryBudget;
+    this.#secrets = options.secrets;
     this.#tokens = new TokenPool(
       options.tokens,
       options.tokenRecheckMs ?? RESILIENCE_DEFAULTS.tokenRecheckMs,
@@ -108,12 +132,12 @@ export class UpstreamClient {
       onState: (state) => this.#events.onCircuitState?.(state),
     });
     this.#pool = new Pool(url.origin, {
-      connections: pool.connections,
+      connections: options.maxConnections,
       pipelining: 1,
       connectTimeout: pool.connectTimeoutMs,
       keepAliveTimeout: pool.keepAliveTimeoutMs,
       keepAliveMaxTimeout: pool.keepAliveMaxTimeoutMs,
-      // The whole-call deadline below is the real bound; these only stop a stuck socket earlier.
+      // The request's deadline is the real bound; these only stop a stuck socket.
       headersTimeout: options.timeoutMs,
       bodyTimeout: options.timeoutMs,
       maxResponseSize: pool.maxResponseBytes,
@@ -125,34 +149,30 @@ export class UpstreamClient {
     return this.#breaker.state();
   }
 
-  /** Tokens still in rotation (the upstream has not rejected them). */
-  usableTokenCount(): number {
-    return this.#tokens.usableCount();
+  /** Tokens in rotation and in all, for /readyz and a gauge. */
+  tokenState(): { usable: number; total: number } {
+    return { usable: this.#tokens.usableCount(), total: this.#tokens.size };
   }
 
   /**
-   * Forwards one request within the deadline, retrying transient faults. Resolves with an answer
-   * to pass through unchanged; rejects with a GatewayError for every outcome the contract maps
-   * (502, 503, 504).
+   * Forwards one request within its deadline, retrying transient faults. Resolves with an answer
+   * to pass through unchanged; rejects with a GatewayError for every outcome the contract maps.
    */
   async call(call: UpstreamCall): Promise<UpstreamReply> {
-    if (!this.#tokens.hasCandidate()) throw this.#noUsableToken(call);
+    if (!this.#tokens.hasCandidate()) throw this.#noUsableToken(call, this.#lastRejection);
     if (this.#breaker.rejectsNow()) throw this.#circuitOpen();
 
-    const deadlineAt = Date.now() + this.#timeoutMs;
     const deadline = new AbortController();
     const timer = setTimeout(
-      () =>
-        deadline.abort(
-          new GatewayError('timeout', `upstream did not answer within ${this.#timeoutMs} ms`),
-        ),
-      this.#timeoutMs,
+      () => deadline.abort(new GatewayError('timeout', 'the request deadline passed')),
+      Math.max(0, call.deadline - Date.now()),
     );
     const state: CallState = { rejected: new Set() };
     const retry = retryPolicyFor({
+      kind: call.kind,
       maxRetries: this.#maxRetries,
       backoff: this.#backoff,
-      deadlineAt,
+      deadlineAt: call.deadline,
       minAttemptMs: this.#minAttemptMs,
       waitAfter: (outcome) => {
         if (!('value' in outcome)) return 0;
@@ -161,15 +181,24 @@ export class UpstreamClient {
         if (reply.status === 429) return this.#tokens.readyIn(state.rejected);
         return retryAfterMs(reply.retryAfter) ?? 0;
       },
+      mayRetry: () => {
+        if (!this.#budget || this.#budget.tryRetry()) return true;
+        call.report.retry_budget_exhausted = true;
+        this.#events.onRetryBudgetExhausted?.();
+        return false;
+      },
     });
-    retry.onRetry((outcome) => this.#retried(call, transientReason(outcome) ?? 'unknown'));
+    retry.onRetry((outcome) => this.#retried(call, transientReason(outcome, call.kind) ?? 'unknown'));
+    this.#budget?.recordCall();
 
     try {
-      const reply = await this.#breaker.policy.execute(
-        ({ signal }) => retry.execute(({ signal: s }) => this.#attempt(call, state, s), signal),
-        deadline.signal,
+      const judged = await this.#breaker.policy.execute(async ({ signal }) => {
+        const reply = await retry.execute(({ signal: s }) => this.#attempt(call, state, s), signal);
+        return { reply, upstreamFault: isUpstreamFault(reply.status, call.kind) };
+      }, deadline.signal);
+      return judgeReply(call, (judged as JudgedReply<UpstreamReply>).reply, () =>
+        this.#tokens.readyIn(),
       );
-      return judgeReply(call, reply);
     } catch (error) {
       // Only reachable if the circuit opened between the check above and execute().
       if (isBrokenCircuitError(error) || isIsolatedCircuitError(error)) throw this.#circuitOpen();
@@ -187,30 +216,59 @@ export class UpstreamClient {
   ): Promise<UpstreamReply> {
     for (;;) {
       const entry = this.#tokens.pick({ avoid: state.last, exclude: state.rejected });
-      if (entry === undefined) throw this.#noUsableToken(call);
+      if (entry === undefined) throw this.#noUsableToken(call, state.lastRejection);
       state.last = entry;
+      await this.#coolDown(entry, call, signal);
       // Every request, retries included, passes the gate: the upstream counts each one.
       const send = () => this.#send(call, state, entry.token, signal);
-      const reply = await (this.#gate ? this.#gate.run(send, signal) : send());
-      if (!isCredentialRejection(reply)) {
-        if (this.#tokens.accept(entry)) {
-          call.log.warn(
-            { token_fingerprint: entry.fingerprint },
-            'upstream token back in rotation',
-          );
+      const reply = await (this.#gate
+        ? this.#gate.run({ clientId: call.clientId, deadline: call.deadline, signal }, send)
+        : send());
+      const problem = credentialProblem(reply);
+      if (problem === undefined) {
+        if (this.#tokens.accept(entry)) this.#tokenState(call, entry, 'enabled', undefined);
+        if (reply.status === 429) {
+          const wait = retryAfterMs(reply.retryAfter) ?? RESILIENCE_DEFAULTS.defaultCoolDownMs;
+          this.#tokens.coolDown(entry, Date.now() + wait);
         }
-        const wait = reply.status === 429 ? retryAfterMs(reply.retryAfter) : undefined;
-        if (wait !== undefined) this.#tokens.coolDown(entry, Date.now() + wait);
         return reply;
       }
       state.rejected.add(entry);
+      state.lastRejection = problem;
+      this.#lastRejection = problem;
       this.#rejected(call, entry, reply);
-      if (!this.#tokens.hasCandidate(state.rejected)) {
-        throw new GatewayError('upstream_error', CREDENTIALS_REJECTED);
-      }
-      // Retry at once on the next token: not a transient retry, so outside maxRetries.
+      if (!this.#tokens.hasCandidate(state.rejected)) throw this.#noUsableToken(call, problem);
+      // Retry at once on the next token: not a transient retry, so outside maxRetries and budget.
       this.#retried(call, 'token_rejected');
     }
+  }
+
+  /**
+   * The upstream asked (429 + retry-after) not to use this token until later: wait for it when
+   * the wait fits the deadline, or answer 429 now with how long to wait.
+   */
+  async #coolDown(entry: PooledToken, call: UpstreamCall, signal: AbortSignal): Promise<void> {
+    const wait = entry.coolUntil - Date.now();
+    if (wait <= 0) return;
+    if (Date.now() + wait + this.#minAttemptMs > call.deadline) {
+      throw new GatewayError(
+        'too_many_requests',
+        `the upstream is saturated and asked the gateway to slow down; retry in ${secondsFromMs(wait)} s`,
+        { headers: { 'retry-after': secondsFromMs(wait) } },
+      );
+    }
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(done, wait);
+      function done() {
+        signal.removeEventListener('abort', aborted);
+        resolve();
+      }
+      function aborted() {
+        clearTimeout(timer);
+        reject(signal.reason);
+      }
+      signal.addEventListener('abort', aborted, { once: true });
+    });
   }
 
   async #send(
@@ -235,8 +293,11 @@ export class UpstreamClient {
         body: call.body,
         signal,
       });
-      const body = Buffer.from(await response.body.arrayBuffer());
+      const raw = Buffer.from(await response.body.arrayBuffer());
+      const body = this.#secrets ? this.#secrets.mask(raw, call.clientKey) : raw;
       status = response.statusCode;
+      // Polls are free; a task's result is billed once, counted at its submission.
+      if (call.kind === 'solve' && status >= 200 && status < 300) call.report.billed = true;
       const json = parseJson(body);
       const traceId = (json as { trace_id?: unknown } | undefined)?.trace_id;
       call.report.upstream_status = status;
@@ -252,8 +313,20 @@ export class UpstreamClient {
     } catch (error) {
       call.report.upstream_status = undefined;
       call.report.upstream_trace_id = undefined;
-      if (signal.aborted && signal.reason instanceof GatewayError) throw signal.reason;
-      throw new GatewayError('upstream_error', 'upstream could not be reached', { cause: error });
+      if (signal.aborted) {
+        // The deadline passed while the upstream had the request. It is the upstream's fault only
+        // if it had a fair chance: a request that waited in queues and merges before being sent
+        // with little time left says nothing about the upstream's health.
+        const inFlightMs = performance.now() - started;
+        throw new GatewayError('timeout', 'the upstream did not answer before the request deadline', {
+          upstreamFault: inFlightMs >= this.#timeoutMs / 2,
+          cause: signal.reason,
+        });
+      }
+      throw new GatewayError('upstream_error', 'the upstream could not be reached', {
+        cause: error,
+        upstreamFault: true,
+      });
     } finally {
       const ended = performance.now();
       call.report.upstream_ms = Math.round(ended - state.firstSentAt);
@@ -266,34 +339,60 @@ export class UpstreamClient {
     this.#events.onRetry?.(reason);
   }
 
-  /** Logs a 401/403 on one token (fingerprint only, never the token) and takes it out of rotation. */
+  /** Logs a rejection of one token (fingerprint only, never the token); takes it out of rotation. */
   #rejected(call: UpstreamCall, entry: PooledToken, reply: UpstreamReply): void {
     const outcome = this.#tokens.reject(entry);
-    const fields = {
-      upstream_status: reply.status,
-      upstream_code: upstreamErrorCode(reply.json),
-      token_fingerprint: entry.fingerprint,
-    };
+    const code = upstreamErrorCode(reply.json);
+    const fields = { upstream_status: reply.status, upstream_code: code, token_fingerprint: entry.fingerprint };
     if (outcome === 'disabled') {
-      call.log.error(fields, "upstream rejected one of the gateway's tokens; out of rotation");
-      this.#events.onTokenDisabled?.(entry.fingerprint);
+      call.log.error(fields, "the upstream rejected one of the gateway's tokens; out of rotation");
+      this.#tokenState(call, entry, 'disabled', code);
     } else {
-      call.log.error(fields, "upstream rejected the gateway's own token or balance");
+      call.log.error(fields, "the upstream rejected the gateway's token or account");
     }
   }
 
-  #noUsableToken(call: UpstreamCall): GatewayError {
-    call.log.error(
-      { tokens: this.#tokens.size },
-      'no upstream token is usable: the upstream rejected them all',
-    );
+  #tokenState(
+    call: UpstreamCall,
+    entry: PooledToken,
+    state: 'disabled' | 'enabled',
+    code: string | undefined,
+  ): void {
+    if (state === 'enabled') {
+      call.log.warn({ token_fingerprint: entry.fingerprint }, 'upstream token back in rotation');
+    }
+    this.#events.onTokenState?.(entry.fingerprint, state, code);
+    if (this.#ratePerToken !== undefined) {
+      this.#gate?.setRate(this.#ratePerToken * Math.max(1, this.#tokens.usableCount()));
+    }
+  }
+
+  /**
+   * No token is left: the answer an SDK understands. A balance or a disabled account answers as
+   * the upstream does (403 `used_up` / `disabled`: the SDK raises its balance or disabled error
+   * and stops retrying); a rejected token is the gateway's misconfiguration, 502.
+   */
+  #noUsableToken(call: UpstreamCall, last: CallState['lastRejection']): GatewayError {
+    call.log.error({ tokens: this.#tokens.size }, 'no upstream token is usable');
+    if (last === 'used_up') {
+      return new GatewayError(
+        'used_up',
+        "the balance of the gateway's Ace Data Cloud account is used up; tell the gateway's operator",
+      );
+    }
+    if (last === 'disabled') {
+      return new GatewayError(
+        'disabled',
+        "the gateway's Ace Data Cloud account or token is disabled; tell the gateway's operator",
+      );
+    }
     return new GatewayError('upstream_error', CREDENTIALS_REJECTED);
   }
 
   #circuitOpen(): GatewayError {
     return new GatewayError(
       'upstream_unavailable',
-      'upstream is failing; the gateway has paused calls to it, retry later',
+      'the upstream is failing; the gateway has paused calls to it, retry later',
       { headers: { 'retry-after': secondsFromMs(this.#breaker.remainingMs()) } },
     );
   }

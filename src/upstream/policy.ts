@@ -18,9 +18,9 @@ import {
   retry,
 } from 'cockatiel';
 import { GatewayError } from '../errors.ts';
-import type { CircuitLabel } from './types.ts';
+import type { CallKind, CircuitLabel } from './types.ts';
 
-/** Upstream statuses worth another attempt (design.md: "Upstream 408/429/500/502/503/504"). */
+/** Upstream statuses worth another attempt. */
 export const TRANSIENT_STATUSES: ReadonlySet<number> = new Set([408, 429, 500, 502, 503, 504]);
 
 /** Connection-level failures (Node and undici codes) that happen before any usable response. */
@@ -59,14 +59,22 @@ export function errorCode(error: unknown): string | undefined {
 }
 
 /**
+ * A status that is a fault of the upstream rather than an answer. A task poll's 504 is the task's
+ * own terminal state ("timed out"), returned on every read: neither retried nor a fault.
+ */
+function isFaultStatus(status: number, kind: CallKind): boolean {
+  return kind === 'poll' && status === 504 ? false : TRANSIENT_STATUSES.has(status);
+}
+
+/**
  * Why a failed attempt may be retried (a bounded label for logs and metrics), or undefined when
  * it must not be. Connection failures reach here as GatewayError('upstream_error') with the
  * undici error as `cause`.
  */
-export function transientReason(outcome: FailureReason<unknown>): string | undefined {
+export function transientReason(outcome: FailureReason<unknown>, kind: CallKind): string | undefined {
   if ('value' in outcome) {
     const { value } = outcome;
-    return isStatusReply(value) && TRANSIENT_STATUSES.has(value.status)
+    return isStatusReply(value) && isFaultStatus(value.status, kind)
       ? `status_${value.status}`
       : undefined;
   }
@@ -76,12 +84,13 @@ export function transientReason(outcome: FailureReason<unknown>): string | undef
   return code !== undefined && TRANSIENT_ERROR_CODES.has(code) ? code : undefined;
 }
 
-/** A final outcome that says the upstream is unwell: transient, or our deadline ran out. */
-export function isBreakerFailure(outcome: FailureReason<unknown>): boolean {
-  if ('error' in outcome && outcome.error instanceof GatewayError) {
-    if (outcome.error.code === 'timeout') return true;
-  }
-  return transientReason(outcome) !== undefined;
+/**
+ * What the breaker counts: the upstream unreachable, a 5xx, or no answer while it had a fair
+ * chance (GatewayError.upstreamFault). Never the gateway's own queue wait or deadline, a 4xx, or a
+ * 429 (the upstream is alive and asking to slow down; tokens cool down instead).
+ */
+export function isUpstreamFault(status: number, kind: CallKind): boolean {
+  return status >= 500 && isFaultStatus(status, kind);
 }
 
 export const BACKOFF_DEFAULTS = { initialDelayMs: 200, maxDelayMs: 5_000 } as const;
@@ -93,8 +102,11 @@ export interface RetryPlan {
   deadlineAt: number;
   /** A retry starts only if at least this much of the deadline is left after its wait. */
   minAttemptMs: number;
+  kind: CallKind;
   /** The least the next attempt must wait after this outcome (e.g. `retry-after`), in ms. */
   waitAfter(outcome: FailureReason<unknown>): number;
+  /** Asked last, once a retry is otherwise due: takes it from the retry budget. */
+  mayRetry(): boolean;
 }
 
 /**
@@ -108,8 +120,9 @@ export interface RetryPlan {
  */
 export function retryPolicyFor(plan: RetryPlan): RetryPolicy {
   const retryable = (outcome: FailureReason<unknown>) =>
-    transientReason(outcome) !== undefined &&
-    Date.now() + plan.waitAfter(outcome) + plan.minAttemptMs <= plan.deadlineAt;
+    transientReason(outcome, plan.kind) !== undefined &&
+    Date.now() + plan.waitAfter(outcome) + plan.minAttemptMs <= plan.deadlineAt &&
+    plan.mayRetry();
   return retry(
     handleWhen((error) => retryable({ error })).orWhenResult((value) => retryable({ value })),
     { maxAttempts: plan.maxRetries, backoff: deadlineBackoff(plan) },
@@ -147,13 +160,20 @@ export interface BreakerOptions {
   onState(state: CircuitLabel): void;
 }
 
+/** What a whole call returns to the breaker: the reply, and whether it was an upstream fault. */
+export interface JudgedReply<R> {
+  reply: R;
+  upstreamFault: boolean;
+}
+
 /**
  * A circuit breaker over whole calls (retries included): `threshold` consecutive calls whose
- * final outcome is a transient failure or a timeout open it for `cooldownMs`; then one probe
- * call is let through (half-open) and its outcome closes or re-opens it. Counting final outcomes
- * rather than attempts keeps faults the retries absorb from opening it. Any other answer,
- * including a 4xx, resets the count (the upstream is alive); rejected credentials and other
- * errors the gateway raises itself neither count nor reset.
+ * final outcome is an upstream fault (see isUpstreamFault and GatewayError.upstreamFault) open it
+ * for `cooldownMs`; then one probe call is let through (half-open) and its outcome closes or
+ * re-opens it. Counting final outcomes rather than attempts keeps faults the retries absorb from
+ * opening it. Any other answer, a 4xx or 429 included, resets the count (the upstream is alive);
+ * errors the gateway raises itself (queue full, deadline in the queue, rejected credentials) are
+ * thrown past cockatiel unhandled, so they neither count nor reset while closed.
  */
 export class Breaker {
   readonly policy: CircuitBreakerPolicy;
@@ -163,8 +183,8 @@ export class Breaker {
   constructor({ threshold, cooldownMs, onState }: BreakerOptions) {
     this.#cooldownMs = cooldownMs;
     this.policy = circuitBreaker(
-      handleWhen((error) => isBreakerFailure({ error })).orWhenResult((value) =>
-        isBreakerFailure({ value }),
+      handleWhen((error) => error instanceof GatewayError && error.upstreamFault).orWhenResult(
+        (value) => (value as JudgedReply<unknown>).upstreamFault,
       ),
       { halfOpenAfter: cooldownMs, breaker: new ConsecutiveBreaker(threshold) },
     );

@@ -12,6 +12,8 @@ export interface PooledToken {
   disabledAt: number | undefined;
   /** Epoch ms until which the upstream asked us (429 + retry-after) not to use this token. */
   coolUntil: number;
+  /** The upstream's last answer with it rejected it (kept in rotation when it is the only one). */
+  failing: boolean;
 }
 
 export interface PickOptions {
@@ -41,6 +43,7 @@ export class TokenPool {
       fingerprint: tokenFingerprint(token),
       disabledAt: undefined,
       coolUntil: 0,
+      failing: false,
     }));
     this.#recheckMs = recheckMs;
   }
@@ -49,9 +52,9 @@ export class TokenPool {
     return this.#entries.length;
   }
 
-  /** Tokens in rotation (not rejected). */
+  /** Tokens the upstream did not reject on their last use. */
   usableCount(): number {
-    return this.#entries.filter((entry) => entry.disabledAt === undefined).length;
+    return this.#entries.filter((entry) => !entry.failing).length;
   }
 
   /** Whether pick() could return a token right now (in rotation, or due for a recheck). */
@@ -92,6 +95,7 @@ export class TokenPool {
    * while every further request is a free probe (the upstream bills successes only).
    */
   reject(entry: PooledToken, now = Date.now()): Rejection {
+    entry.failing = true;
     if (this.#entries.length === 1) return 'kept';
     const was = entry.disabledAt;
     entry.disabledAt = now;
@@ -100,9 +104,10 @@ export class TokenPool {
 
   /** The upstream accepted this token. Returns true when that brought it back into rotation. */
   accept(entry: PooledToken): boolean {
-    const wasDisabled = entry.disabledAt !== undefined;
+    const wasFailing = entry.failing;
     entry.disabledAt = undefined;
-    return wasDisabled;
+    entry.failing = false;
+    return wasFailing;
   }
 
   coolDown(entry: PooledToken, until: number): void {

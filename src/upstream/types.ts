@@ -1,9 +1,16 @@
 /** The upstream client's public shapes, free of runtime imports. */
+import type { ExpectedField } from '../schemas/captcha.ts';
 
-export type UpstreamPath = '/captcha/recognition/hcaptcha' | '/captcha/tasks';
+export type UpstreamPath =
+  | '/captcha/recognition/hcaptcha'
+  | '/captcha/token/hcaptcha'
+  | '/captcha/tasks';
 
-/** What the caller wants back: a sync solution, an async task id, or any JSON (task polling). */
-export type ExpectedReply = 'solution' | 'task_id' | 'json';
+/**
+ * What a call does upstream: `solve` starts billed work; `poll` reads a task, whose 504 is the
+ * task's own terminal "timed out" state — not a fault to retry or to open the breaker on.
+ */
+export type CallKind = 'solve' | 'poll';
 
 /** Minimal logger shape (pino-compatible) so the core stays framework-free. */
 export interface CoreLogger {
@@ -28,10 +35,18 @@ export interface UpstreamCallReport {
 
 export interface UpstreamCall {
   path: UpstreamPath;
-  /** Serialized JSON body, exactly what is forwarded. */
-  body: string;
-  expect: ExpectedReply;
+  kind: CallKind;
+  /** Exactly the bytes to forward. */
+  body: Buffer;
+  /** The field a 2xx must hold (`solution`, `token`, `task_id`), or undefined to pass any JSON. */
+  expect: ExpectedField;
   traceId: string;
+  /** Whose queue the call waits in at the gate. */
+  clientId: string;
+  /** The client's own key: masked by value in anything the upstream says back. */
+  clientKey?: string;
+  /** Epoch ms: the request's deadline, queueing and merging included. */
+  deadline: number;
   report: UpstreamCallReport;
   log: CoreLogger;
 }
@@ -52,9 +67,11 @@ export type CircuitLabel = 'closed' | 'open' | 'half_open';
 export interface UpstreamEvents {
   /** A request is about to be re-sent: `status_503`, `ECONNRESET`, `token_rejected`, … */
   onRetry?(reason: string): void;
+  /** A transient fault was answered as is: the retry budget was spent. */
+  onRetryBudgetExhausted?(): void;
   onCircuitState?(state: CircuitLabel): void;
-  /** A token left rotation; `fingerprint` is the first 8 hex of its SHA-256. */
-  onTokenDisabled?(fingerprint: string): void;
+  /** A token left or rejoined rotation; `fingerprint` is the first 8 hex of its SHA-256. */
+  onTokenState?(fingerprint: string, state: 'disabled' | 'enabled', code: string | undefined): void;
   /** One upstream request ended, with its status (or 'error': no response) and duration. */
   onAttempt?(status: number | 'error', ms: number): void;
 }
