@@ -1,59 +1,42 @@
-import { createHash } from 'node:crypto';
+// The fake upstream against the upstream's public spec (AceDataCloud/Docs openapi/hcaptcha.json)
+// and guides: the two solving endpoints, auth, every documented error, the rate limit, recording.
+// Tasks: fake-upstream-tasks.test.ts; faults and control routes: fake-upstream-faults.test.ts.
+
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
+  callFake,
   deriveSolution,
   FAKE_UPSTREAM_DEFAULT_TOKEN,
+  type FakeCallOptions,
+  type FakeReply,
   type FakeUpstream,
   type FakeUpstreamOptions,
+  RECOGNITION_PATH,
+  type RevocationCode,
   startFakeUpstream,
+  TASKS_PATH,
+  TOKEN_PATH,
 } from '../dev/fake-upstream.ts';
 
-const RECOGNITION = '/captcha/recognition/hcaptcha';
-const TASKS = '/captcha/tasks';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const IMAGE = Buffer.from('\x89PNG\r\n\x1a\nfake').toString('base64');
 const BODY = { question: 'Please click each image containing a bicycle', queries: [IMAGE] };
+const SITE = { website_key: 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2', website_url: 'https://x.test' };
+const T0 = 1_784_885_653_000;
 
-interface Reply {
-  status: number;
-  headers: Headers;
-  text: string;
-  json: unknown;
-}
-
-async function call(
-  base: string,
-  path: string,
-  body: unknown,
-  opts: { token?: string | null; headers?: Record<string, string>; raw?: string } = {},
-): Promise<Reply> {
-  const headers: Record<string, string> = { 'content-type': 'application/json', ...opts.headers };
-  const token = opts.token === undefined ? FAKE_UPSTREAM_DEFAULT_TOKEN : opts.token;
-  if (token !== null) headers.authorization = `Bearer ${token}`;
-  const res = await fetch(base + path, {
-    method: 'POST',
-    headers,
-    body: opts.raw ?? JSON.stringify(body),
-  });
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, json };
-}
-
-function expectEnvelope(reply: Reply, status: number, code: string): void {
+/** The documented envelope with the exact code and message. */
+function expectError(reply: FakeReply, status: number, code: string, message?: string): void {
   expect(reply.status).toBe(status);
   expect(reply.headers.get('content-type')).toBe('application/json');
   expect(reply.json).toEqual({
     success: false,
-    error: { code, message: expect.any(String) },
+    error: { code, message: message ?? expect.any(String) },
     trace_id: expect.stringMatching(UUID),
   });
 }
+
+const errorMessage = (reply: FakeReply) =>
+  (reply.json as { error: { message: string } }).error.message;
 
 async function withFake<T>(
   options: FakeUpstreamOptions,
@@ -68,21 +51,25 @@ async function withFake<T>(
 }
 
 let fake: FakeUpstream;
-const recognize = (body: unknown = BODY, opts?: Parameters<typeof call>[3]) =>
-  call(fake.url, RECOGNITION, body, opts);
+let clock = T0;
+const recognize = (body: unknown = BODY, opts?: FakeCallOptions) =>
+  callFake(fake.url, RECOGNITION_PATH, body, opts);
+const solveToken = (body: unknown = SITE, opts?: FakeCallOptions) =>
+  callFake(fake.url, TOKEN_PATH, body, opts);
 
 beforeAll(async () => {
-  fake = await startFakeUpstream();
+  fake = await startFakeUpstream({ now: () => clock });
 });
 afterAll(async () => {
   await fake.close();
 });
 afterEach(() => {
   fake.reset();
+  clock = T0;
 });
 
-describe('sync recognition', () => {
-  it('answers the documented success shape', async () => {
+describe('recognition, sync', () => {
+  it('answers 200 with the spec example shape and Unix-seconds timing fields', async () => {
     const reply = await recognize();
     expect(reply.status).toBe(200);
     expect(reply.headers.get('content-type')).toBe('application/json');
@@ -92,349 +79,292 @@ describe('sync recognition', () => {
         box: ['360', '276'],
         confidences: 0.635,
       },
+      started_at: T0 / 1000,
+      finished_at: T0 / 1000,
       elapsed: 0,
     });
-    expect(reply.json).toEqual({
-      solution: deriveSolution(BODY.question, BODY.queries),
-      elapsed: 0,
+    expect((reply.json as { solution: unknown }).solution).toEqual(
+      deriveSolution(BODY.question, BODY.queries),
+    );
+  });
+
+  it('reports elapsed as finished_at - started_at from its clock', async () => {
+    let tick = 0;
+    await withFake({ now: () => T0 + 1_600 * tick++ }, async (f) => {
+      const reply = await callFake(f.url, RECOGNITION_PATH, BODY);
+      const { started_at, finished_at, elapsed } = reply.json as Record<string, number>;
+      expect(started_at).toBeGreaterThan(T0 / 1000);
+      expect(elapsed).toBe(1.6);
+      expect(finished_at).toBeCloseTo((started_at ?? 0) + 1.6, 6);
     });
   });
 
-  it('is byte-for-byte deterministic for identical inputs and differs otherwise', async () => {
+  it('answers the same solution for the same question and queries, another otherwise', async () => {
+    const label = (r: FakeReply) => (r.json as { solution: { label: string } }).solution.label;
     const a = await recognize();
-    const b = await recognize({ ...BODY, extra: 'forwarded fields are accepted' });
+    const b = await recognize({ ...BODY, extra: 'unknown fields are accepted' });
     const c = await recognize({ ...BODY, question: 'Please click each image containing a boat' });
     const d = await recognize({ ...BODY, queries: [IMAGE, IMAGE] });
-    expect(b.text).toBe(a.text);
-    const label = (r: Reply) => (r.json as { solution: { label: string } }).solution.label;
+    expect(b.text).toBe(a.text); // same clock, same inputs: same bytes
     expect(new Set([label(a), label(c), label(d)]).size).toBe(3);
   });
 
-  it('adds no trace or rate-limit headers and does not echo x-request-id', async () => {
+  it('needs no question (the spec marks no field required) and takes image URLs', async () => {
+    const noQuestion = await recognize({ queries: [IMAGE] });
+    expect(noQuestion.status).toBe(200);
+    expect((noQuestion.json as { solution: unknown }).solution).toEqual(
+      deriveSolution(undefined, [IMAGE]),
+    );
+    const urls = await recognize({
+      queries: ['https://example.com/img.jpg'],
+      question: '点击公交车',
+    });
+    expect(urls.status).toBe(200);
+  });
+
+  it('answers 400 bad_request naming the field for a body it cannot answer', async () => {
+    expectError(await recognize(undefined, { raw: '{"queries":' }), 400, 'bad_request');
+    const cases: [unknown, string][] = [
+      [{}, 'queries'],
+      [{ question: 'q' }, 'queries'],
+      [{ queries: [] }, 'queries'],
+      [{ queries: [''] }, 'queries.0'],
+      [{ queries: [1] }, 'queries.0'],
+      [{ queries: IMAGE }, 'queries'],
+      [{ queries: [IMAGE], question: 7 }, 'question'],
+      [{ queries: [IMAGE], async: 'true' }, 'async'],
+      [[IMAGE], 'body'],
+    ];
+    for (const [body, field] of cases) {
+      const reply = await recognize(body);
+      expectError(reply, 400, 'bad_request');
+      expect(errorMessage(reply).startsWith(`${field}: `), JSON.stringify(body)).toBe(true);
+    }
+  });
+
+  it('adds no trace, rate-limit or retry-after headers and does not echo x-request-id', async () => {
     const reply = await recognize(BODY, { headers: { 'x-request-id': 'req-123' } });
     const names = [...reply.headers.keys()];
     expect(names.filter((n) => /request-id|trace|ratelimit|retry-after/.test(n))).toEqual([]);
   });
+});
 
-  it('reports the configured latency as elapsed seconds', async () => {
-    fake.setLatency(40);
-    const started = Date.now();
-    const reply = await recognize();
-    expect(Date.now() - started).toBeGreaterThanOrEqual(35);
-    expect((reply.json as { elapsed: number }).elapsed).toBe(0);
-    fake.reset();
-    await withFake({ latencyMs: 31_600 }, async (slow) => {
-      slow.setLatency(50);
-      const r = await call(slow.url, RECOGNITION, BODY);
-      expect((r.json as { elapsed: number }).elapsed).toBe(0.1);
+describe('async creation', () => {
+  it('answers 201 {task_id, trace_id} on both solving endpoints, with no latency', async () => {
+    await withFake({ latencyMs: 600_000 }, async (f) => {
+      for (const [path, body] of [
+        [RECOGNITION_PATH, { ...BODY, async: true }],
+        [TOKEN_PATH, { ...SITE, async: true }],
+      ] as const) {
+        const reply = await callFake(f.url, path, body);
+        expect(reply.status).toBe(201);
+        expect(reply.json).toEqual({
+          task_id: expect.stringMatching(UUID),
+          trace_id: expect.stringMatching(UUID),
+        });
+      }
     });
+  });
+
+  it('async: false is a sync call', async () => {
+    expect((await recognize({ ...BODY, async: false })).status).toBe(200);
   });
 });
 
-describe('auth', () => {
-  it('refuses a missing token with 400 no_token', async () => {
-    expectEnvelope(await recognize(BODY, { token: null }), 400, 'no_token');
-    expectEnvelope(
-      await recognize(BODY, { token: null, headers: { authorization: 'Basic abc' } }),
-      400,
-      'no_token',
+describe('token', () => {
+  it('answers 200 with a fresh P1_ token and timing fields, a new token every call', async () => {
+    const first = await solveToken({ ...SITE, rqdata: 'RQ', proxy: 'http://u:p@1.2.3.4:8080' });
+    expect(first.status).toBe(200);
+    expect(first.json).toEqual({
+      token: expect.stringMatching(/^P1_eyJ[\w.-]+$/),
+      started_at: T0 / 1000,
+      finished_at: T0 / 1000,
+      elapsed: 0,
+    });
+    const second = await solveToken();
+    expect((second.json as { token: string }).token).not.toBe(
+      (first.json as { token: string }).token,
     );
   });
 
-  it('refuses an unknown token with 401 invalid_token', async () => {
-    expectEnvelope(await recognize(BODY, { token: 'nope' }), 401, 'invalid_token');
-  });
-
-  it('refuses revoked tokens as revokeToken says, until reset', async () => {
-    await withFake({ tokens: ['a', 'b', 'c'] }, async (f) => {
-      f.revokeToken('a', 'used_up');
-      f.revokeToken('b', 'token_expired');
-      expectEnvelope(await call(f.url, RECOGNITION, BODY, { token: 'a' }), 403, 'used_up');
-      expectEnvelope(await call(f.url, RECOGNITION, BODY, { token: 'b' }), 401, 'token_expired');
-      expect((await call(f.url, RECOGNITION, BODY, { token: 'c' })).status).toBe(200);
-      f.reset();
-      expect((await call(f.url, RECOGNITION, BODY, { token: 'a' })).status).toBe(200);
-    });
-    fake.revokeToken(FAKE_UPSTREAM_DEFAULT_TOKEN, 'disabled');
-    expectEnvelope(await recognize(), 403, 'disabled');
-  });
-});
-
-describe('validation', () => {
-  it('answers 400 bad_request naming the field', async () => {
-    expectEnvelope(await recognize(undefined, { raw: '{"question":' }), 400, 'bad_request');
+  it('requires website_key and website_url as strings; rqdata, proxy, async typed', async () => {
+    expectError(await solveToken(undefined, { raw: 'nope' }), 400, 'bad_request');
     const cases: [unknown, string][] = [
-      [{ queries: [IMAGE] }, 'question'],
-      [{ question: '', queries: [IMAGE] }, 'question'],
-      [{ question: 'q' }, 'queries'],
-      [{ question: 'q', queries: [] }, 'queries'],
-      [{ question: 'q', queries: [1] }, 'queries'],
-      [[1, 2], 'object'],
+      [{}, 'website_key'],
+      [{ website_url: SITE.website_url }, 'website_key'],
+      [{ website_key: SITE.website_key }, 'website_url'],
+      [{ ...SITE, website_key: '' }, 'website_key'],
+      [{ ...SITE, website_url: 42 }, 'website_url'],
+      [{ ...SITE, rqdata: {} }, 'rqdata'],
+      [{ ...SITE, proxy: 1 }, 'proxy'],
+      [{ ...SITE, async: 1 }, 'async'],
     ];
     for (const [body, field] of cases) {
-      const reply = await recognize(body);
-      expectEnvelope(reply, 400, 'bad_request');
-      expect((reply.json as { error: { message: string } }).error.message).toContain(field);
+      const reply = await solveToken(body);
+      expectError(reply, 400, 'bad_request');
+      expect(errorMessage(reply).startsWith(`${field}: `), JSON.stringify(body)).toBe(true);
     }
-  });
-
-  it('answers 404 no_api for unknown routes', async () => {
-    expectEnvelope(await call(fake.url, '/captcha/recognition/recaptcha', BODY), 404, 'no_api');
-    const res = await fetch(fake.url + RECOGNITION);
-    expect(res.status).toBe(404);
-    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('no_api');
+    expect((await solveToken({ ...SITE, extra: true })).status).toBe(200);
   });
 });
 
-describe('async', () => {
-  it('submits, then polls to ready with the same solution as sync', async () => {
-    const submitted = await recognize({ ...BODY, async: true });
-    expect(submitted.status).toBe(200);
-    expect(submitted.json).toEqual({
-      task_id: expect.stringMatching(UUID),
-      trace_id: expect.stringMatching(UUID),
-    });
-    const taskId = (submitted.json as { task_id: string }).task_id;
-    const polled = await call(fake.url, TASKS, { task_id: taskId });
-    expect(polled.status).toBe(200);
-    expect(polled.json).toEqual({
-      task_id: taskId,
-      status: 'ready',
-      solution: deriveSolution(BODY.question, BODY.queries),
-      trace_id: expect.stringMatching(UUID),
-    });
-  });
+describe('auth: the documented codes, statuses and messages on every endpoint', () => {
+  const paths = [
+    [RECOGNITION_PATH, BODY],
+    [TOKEN_PATH, SITE],
+    [TASKS_PATH, { task_id: 'x' }],
+  ] as const;
 
-  it('stays processing before asyncReadyAfterMs', async () => {
-    await withFake({ asyncReadyAfterMs: 60_000, latencyMs: 60_000 }, async (f) => {
-      const started = Date.now();
-      const submitted = await call(f.url, RECOGNITION, { ...BODY, async: true });
-      expect(Date.now() - started).toBeLessThan(1000); // no latency on submission
-      const taskId = (submitted.json as { task_id: string }).task_id;
-      const polled = await call(f.url, TASKS, { task_id: taskId });
-      expect(polled.json).toEqual({
-        task_id: taskId,
-        status: 'processing',
-        trace_id: expect.stringMatching(UUID),
+  it('a missing token is 400 no_token', async () => {
+    for (const [path, body] of paths) {
+      const message = 'No token specified for the request.';
+      expectError(await callFake(fake.url, path, body, { token: null }), 400, 'no_token', message);
+      const basic = await callFake(fake.url, path, body, {
+        token: null,
+        headers: { authorization: 'Basic abc' },
       });
-      expect(f.callCount(TASKS)).toBe(1);
-    });
-  });
-
-  it('refuses bad polls', async () => {
-    expectEnvelope(await call(fake.url, TASKS, {}), 400, 'bad_request');
-    expectEnvelope(await call(fake.url, TASKS, undefined, { raw: 'nope' }), 400, 'bad_request');
-    expectEnvelope(await call(fake.url, TASKS, { task_id: 'unknown' }), 404, 'not_found');
-    expectEnvelope(await call(fake.url, TASKS, { task_id: 'x' }, { token: null }), 400, 'no_token');
-  });
-
-  it('forgets tasks on reset', async () => {
-    const submitted = await recognize({ ...BODY, async: true });
-    fake.reset();
-    const taskId = (submitted.json as { task_id: string }).task_id;
-    expectEnvelope(await call(fake.url, TASKS, { task_id: taskId }), 404, 'not_found');
-  });
-});
-
-describe('faults', () => {
-  it('status: the envelope with default or given code, and retry-after', async () => {
-    fake.enqueueFaults(
-      { kind: 'status', status: 503, retryAfter: '7' },
-      { kind: 'status', status: 429 },
-      { kind: 'status', status: 403, code: 'used_up', message: 'balance used up' },
-    );
-    const first = await recognize(BODY, { token: 'fault-before-auth' });
-    expectEnvelope(first, 503, 'api_error');
-    expect(first.headers.get('retry-after')).toBe('7');
-    expectEnvelope(await recognize(), 429, 'too_many_requests');
-    const third = await recognize();
-    expectEnvelope(third, 403, 'used_up');
-    expect((third.json as { error: { message: string } }).error.message).toBe('balance used up');
-    expect((await recognize()).status).toBe(200);
-  });
-
-  it('status with plainError makes error a plain string', async () => {
-    fake.enqueueFaults({ kind: 'status', status: 500, message: 'boom', plainError: true });
-    const reply = await recognize();
-    expect(reply.status).toBe(500);
-    expect(reply.json).toEqual({
-      success: false,
-      error: 'boom',
-      trace_id: expect.stringMatching(UUID),
-    });
-  });
-
-  it('reset destroys the socket without a response', async () => {
-    fake.enqueueFaults({ kind: 'reset' });
-    await expect(recognize()).rejects.toThrow();
-    expect(fake.callCount(RECOGNITION)).toBe(1);
-    expect((await recognize()).status).toBe(200);
-  });
-
-  it('hang never answers, and close() still resolves promptly', async () => {
-    const f = await startFakeUpstream({ latencyMs: 60_000 });
-    f.enqueueFaults({ kind: 'hang' });
-    const hung = call(f.url, RECOGNITION, BODY);
-    hung.catch(() => {});
-    const slow = call(f.url, RECOGNITION, BODY); // pending on a 60 s latency timer
-    slow.catch(() => {});
-    const outcome = await Promise.race([
-      hung.then(() => 'answered'),
-      new Promise((resolve) => setTimeout(() => resolve('pending'), 200)),
-    ]);
-    expect(outcome).toBe('pending');
-    expect(f.callCount()).toBe(2);
-    const started = Date.now();
-    await f.close();
-    expect(Date.now() - started).toBeLessThan(500);
-    await expect(hung).rejects.toThrow();
-    await expect(slow).rejects.toThrow();
-  });
-
-  it('garbage answers a non-JSON body', async () => {
-    fake.enqueueFaults({ kind: 'garbage' }, { kind: 'garbage', status: 502, body: 'Bad Gateway' });
-    const first = await recognize();
-    expect(first.status).toBe(200);
-    expect(first.headers.get('content-type')).toBe('text/html');
-    expect(first.text).toBe('<html>oops</html>');
-    const second = await recognize();
-    expect(second.status).toBe(502);
-    expect(second.text).toBe('Bad Gateway');
-  });
-
-  it('malformed answers 200 JSON without solution or task_id', async () => {
-    fake.enqueueFaults({ kind: 'malformed' }, { kind: 'malformed' });
-    for (const body of [BODY, { ...BODY, async: true }]) {
-      const reply = await recognize(body);
-      expect(reply.status).toBe(200);
-      expect(reply.json).toBeTypeOf('object');
-      expect(reply.json).not.toHaveProperty('solution');
-      expect(reply.json).not.toHaveProperty('task_id');
+      expectError(basic, 400, 'no_token', message);
     }
   });
 
-  it('latency delays, then answers normally (auth still applies)', async () => {
-    fake.enqueueFaults({ kind: 'latency', ms: 40 }, { kind: 'latency', ms: 1 });
-    const started = Date.now();
-    const reply = await recognize();
-    expect(Date.now() - started).toBeGreaterThanOrEqual(35);
-    expect(reply.status).toBe(200);
-    expectEnvelope(await recognize(BODY, { token: 'nope' }), 401, 'invalid_token');
+  it('an unknown token is 401 invalid_token', async () => {
+    for (const [path, body] of paths) {
+      const reply = await callFake(fake.url, path, body, { token: 'nope' });
+      expectError(reply, 401, 'invalid_token', 'The specified token is invalid or wrong.');
+    }
   });
 
-  it('applies the queue first (FIFO), then the default', async () => {
-    fake.setDefaultFault({ kind: 'status', status: 500 });
-    fake.enqueueFaults({ kind: 'status', status: 429 }, { kind: 'status', status: 502 });
-    const statuses: number[] = [];
-    for (let i = 0; i < 4; i++) statuses.push((await recognize()).status);
-    expect(statuses).toEqual([429, 502, 500, 500]);
-    fake.setDefaultFault(undefined);
-    expect((await recognize()).status).toBe(200);
+  it('a revoked token is refused as revokeToken says, until reset', async () => {
+    const revocations: [RevocationCode, number, string][] = [
+      ['invalid_token', 401, 'The specified token is invalid or wrong.'],
+      ['token_expired', 401, 'token expired.'],
+      [
+        'used_up',
+        403,
+        'Your balance is not sufficient for current request, please buy more in Ace Data Cloud.',
+      ],
+      [
+        'disabled',
+        400,
+        'Your application has been disabled by Ace Data Cloud due to abnormal usage behavior, please contact our support to get more information.',
+      ],
+      ['token_mismatched', 400, 'The specified token is not matched with API.'],
+    ];
+    const tokens = revocations.map(([code]) => `token-${code}`);
+    await withFake({ tokens: [...tokens, 'fine'] }, async (f) => {
+      for (const [code] of revocations) f.revokeToken(`token-${code}`, code);
+      for (const [code, status, message] of revocations) {
+        for (const [path, body] of paths) {
+          const reply = await callFake(f.url, path, body, { token: `token-${code}` });
+          expectError(reply, status, code, message);
+        }
+      }
+      expect((await callFake(f.url, RECOGNITION_PATH, BODY, { token: 'fine' })).status).toBe(200);
+      f.reset();
+      const again = await callFake(f.url, RECOGNITION_PATH, BODY, { token: 'token-used_up' });
+      expect(again.status).toBe(200);
+    });
   });
 
-  it('random faults are deterministic for a seed', async () => {
-    const run = async (seed: number) => {
-      fake.reset();
-      fake.setRandomFaults({
-        rate: 0.5,
-        seed,
-        faults: [
-          { kind: 'status', status: 503 },
-          { kind: 'status', status: 429 },
-        ],
-      });
-      const statuses: number[] = [];
-      for (let i = 0; i < 24; i++) statuses.push((await recognize()).status);
-      return statuses;
-    };
-    const a = await run(42);
-    expect(await run(42)).toEqual(a);
-    expect(new Set(a)).toEqual(new Set([200, 429, 503]));
-    expect(await run(7)).not.toEqual(a);
-    fake.setRandomFaults({ rate: 0, seed: 1, faults: [{ kind: 'reset' }] });
-    expect((await recognize()).status).toBe(200);
-    fake.setRandomFaults(undefined);
-    expect(() => fake.setRandomFaults({ rate: 2, seed: 1, faults: [] })).toThrow(RangeError);
+  it('auth comes before the body check', async () => {
+    expectError(await recognize({}, { token: 'nope' }), 401, 'invalid_token');
+  });
+});
+
+describe('unknown paths', () => {
+  it('answer 404 no_api with the documented message, whatever the method', async () => {
+    const message = 'API does not exist, please make sure url is correct.';
+    for (const path of [
+      '/captcha/recognition/recaptcha',
+      '/captcha/task',
+      '/',
+      '/captcha/tasks/x',
+    ]) {
+      expectError(await callFake(fake.url, path, BODY), 404, 'no_api', message);
+    }
+    const get = await callFake(fake.url, RECOGNITION_PATH, undefined, { method: 'GET' });
+    expectError(get, 404, 'no_api', message);
+    expectError(await recognize(BODY, { token: null, method: 'PUT' }), 404, 'no_api', message);
+  });
+});
+
+describe('rate limit', () => {
+  it('is off by default', async () => {
+    for (let i = 0; i < 100; i++) expect((await recognize()).status).toBe(200);
+  });
+
+  it('refuses calls above rateLimitPerSecond per token with 429 too_many_requests', async () => {
+    let now = T0;
+    await withFake({ tokens: ['a', 'b'], rateLimitPerSecond: 3, now: () => now }, async (f) => {
+      const call = (token: string, path = RECOGNITION_PATH) =>
+        callFake(f.url, path, path === TASKS_PATH ? { task_id: 'x' } : BODY, { token });
+      expect((await call('a')).status).toBe(200);
+      expect((await call('a')).status).toBe(200);
+      expect((await call('a', TASKS_PATH)).status).toBe(404); // polls count too
+      const refused = await call('a');
+      expectError(refused, 429, 'too_many_requests', 'You have exceeded the rate limit.');
+      expect(refused.headers.get('retry-after')).toBeNull();
+      expect((await call('b')).status).toBe(200); // per token
+      expectError(await call('nope'), 401, 'invalid_token'); // auth first, costs nothing
+      now += 334; // one call's worth refills at 3/s
+      expect((await call('a')).status).toBe(200);
+      expect((await call('a')).status).toBe(429);
+      now += 1_000;
+      for (let i = 0; i < 3; i++) expect((await call('a')).status).toBe(200);
+      expect((await call('a')).status).toBe(429);
+    });
   });
 });
 
 describe('recording', () => {
-  it('records method, path, headers, token, raw and parsed body', async () => {
+  it('records method, path, headers, token, raw and parsed body, time', async () => {
     const raw = '{ "question" : "q",\n "queries": ["aGk="] }';
-    const before = Date.now();
     await recognize(undefined, { raw, headers: { 'x-request-id': 'trace-1' } });
     await recognize(undefined, { raw: 'not json', token: 'other' });
-    await call(fake.url, TASKS, { task_id: 'x' });
-    expect(fake.callCount()).toBe(3);
-    expect(fake.callCount(RECOGNITION)).toBe(2);
-    expect(fake.callCount(TASKS)).toBe(1);
+    await callFake(fake.url, TASKS_PATH, { task_id: 'x' });
+    await callFake(fake.url, '/nope', {}, { token: null });
+    expect(fake.callCount()).toBe(4);
+    expect(fake.callCount(RECOGNITION_PATH)).toBe(2);
+    expect(fake.callCount(TASKS_PATH)).toBe(1);
     const [first, second] = fake.calls;
     expect(first).toMatchObject({
       method: 'POST',
-      path: RECOGNITION,
+      path: RECOGNITION_PATH,
       token: FAKE_UPSTREAM_DEFAULT_TOKEN,
       rawBody: raw,
       body: { question: 'q', queries: ['aGk='] },
+      at: T0,
+      closedEarly: false,
     });
     expect(first?.headers['x-request-id']).toBe('trace-1');
     expect(first?.headers.authorization).toBe(`Bearer ${FAKE_UPSTREAM_DEFAULT_TOKEN}`);
-    expect(first?.at).toBeGreaterThanOrEqual(before);
     expect(second).toMatchObject({ token: 'other', rawBody: 'not json', body: undefined });
     fake.reset();
     expect(fake.calls).toEqual([]);
   });
+
+  it('waitForCalls resolves once that many calls arrived', async () => {
+    await fake.waitForCalls(0);
+    const waiting = fake.waitForCalls(2);
+    let resolved = false;
+    void waiting.then(() => {
+      resolved = true;
+    });
+    await recognize();
+    await Promise.resolve();
+    expect(resolved).toBe(false);
+    await recognize();
+    await waiting;
+    expect(fake.callCount()).toBe(2);
+  });
 });
 
-describe('control routes', () => {
-  it('lists calls with token fingerprints and are not recorded', async () => {
-    await recognize(BODY, { headers: { 'x-request-id': 'r1' } });
-    const res = await fetch(`${fake.url}/__fake/calls`);
-    expect(res.status).toBe(200);
-    const listed = (await res.json()) as { count: number; calls: Record<string, unknown>[] };
-    const fp = createHash('sha256').update(FAKE_UPSTREAM_DEFAULT_TOKEN).digest('hex').slice(0, 8);
-    expect(listed.count).toBe(1);
-    expect(listed.calls[0]).toEqual({
-      method: 'POST',
-      path: RECOGNITION,
-      tokenFingerprint: fp,
-      requestId: 'r1',
-      at: expect.any(Number),
-    });
-    expect(JSON.stringify(listed)).not.toContain(FAKE_UPSTREAM_DEFAULT_TOKEN);
-    expect(fake.callCount()).toBe(1);
-  });
-
-  it('sets faults and latency, validates input, and resets', async () => {
-    const post = (path: string, body: unknown) => call(fake.url, path, body, { token: null });
-    const set = await post('/__fake/faults', {
-      enqueue: [{ kind: 'status', status: 429, retryAfter: '1' }],
-      default: { kind: 'status', status: 503 },
-      latencyMs: 50,
-    });
-    expect(set.status).toBe(200);
-    const first = await recognize();
-    expectEnvelope(first, 429, 'too_many_requests');
-    expect(first.headers.get('retry-after')).toBe('1');
-    expectEnvelope(await recognize(), 503, 'api_error');
-    await post('/__fake/faults', { default: null });
-    const ok = await recognize();
-    expect((ok.json as { elapsed: number }).elapsed).toBe(0.1);
-    await post('/__fake/faults', {
-      random: { rate: 1, seed: 3, faults: [{ kind: 'garbage' }] },
-    });
-    expect((await recognize()).text).toBe('<html>oops</html>');
-
-    expectEnvelope(
-      await post('/__fake/faults', { enqueue: [{ kind: 'boom' }] }),
-      400,
-      'bad_request',
-    );
-    expectEnvelope(await post('/__fake/faults', { latencyMs: -1 }), 400, 'bad_request');
-    expectEnvelope(await post('/__fake/nope', {}), 404, 'no_api');
-
-    expect(fake.callCount()).toBe(4);
-    expect((await post('/__fake/reset', {})).status).toBe(200);
-    expect(fake.callCount()).toBe(0);
-    expect((await recognize()).status).toBe(200);
+describe('options', () => {
+  it('are checked by the same schema: bad values throw naming the option', async () => {
+    await expect(startFakeUpstream({ latencyMs: -1 })).rejects.toThrow(/latencyMs/);
+    await expect(startFakeUpstream({ taskDeadlineMs: 0 })).rejects.toThrow(/taskDeadlineMs/);
+    await expect(startFakeUpstream({ rateLimitPerSecond: 0 })).rejects.toThrow(RangeError);
+    await expect(startFakeUpstream({ port: 70_000 })).rejects.toThrow(/port/);
+    expect(() => fake.setLatency(-5)).toThrow(RangeError);
   });
 });
