@@ -19,6 +19,8 @@ import {
 const execFileAsync = promisify(execFile);
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 const CLI = fileURLToPath(new URL('../src/clients/cli.ts', import.meta.url));
+/** A bound for tests that start Node processes (each takes a while on a busy machine). */
+const PROCESS_BOUND_MS = 60_000;
 
 interface Run {
   code: number;
@@ -370,7 +372,7 @@ describe('clients CLI: when changes take effect, settings, lock', () => {
   });
 });
 
-describe('clients CLI (real process)', () => {
+describe('clients CLI (real process)', { timeout: PROCESS_BOUND_MS }, () => {
   let dir: string;
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'agw-cli-proc-'));

@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -407,4 +407,35 @@ describe('ClientRegistryError.missing', () => {
     expect(reg.has('a')).toBe(true);
     expect(reg.has('b')).toBe(false);
   });
+});
+
+describe('writeClientsFile keeps the mode and owner of the file it replaces', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'agw-clients-mode-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it.skipIf(process.platform === 'win32')('keeps a mode the operator chose', async () => {
+    const path = join(dir, 'clients.json');
+    await writeClientsFile(path, { clients: [] });
+    await chmod(path, 0o640);
+    await writeClientsFile(path, { clients: [record('a', KEY_A)] });
+    expect((await stat(path)).mode & 0o777).toBe(0o640);
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    'run as root, keeps the owner (a file the container user owns stays readable to it)',
+    async () => {
+      const path = join(dir, 'clients.json');
+      await writeClientsFile(path, { clients: [] });
+      await chown(path, 1000, 1000);
+      await writeClientsFile(path, { clients: [record('a', KEY_A)] });
+      const after = await stat(path);
+      expect([after.uid, after.gid]).toEqual([1000, 1000]);
+      expect(after.mode & 0o777).toBe(0o600);
+    },
+  );
 });

@@ -7,8 +7,8 @@ import { runClientsCli } from '../src/clients/cli.ts';
 import { ClientRegistry, hashClientKey } from '../src/clients/registry.ts';
 import clientsPlugin from '../src/plugins/clients.ts';
 import requestContext, {
+  type Completion,
   CompletionLogController,
-  type LimitName,
 } from '../src/plugins/request-context.ts';
 import usagePlugin, { type UsagePluginOptions, usageRoutes } from '../src/plugins/usage.ts';
 import { utcDay } from '../src/usage/counts.ts';
@@ -38,7 +38,12 @@ async function build(options: Partial<UsagePluginOptions> & { before?: () => Pro
   await app.register(clientsPlugin, { clients });
   await app.register(usagePlugin, options);
   app.get<{
-    Querystring: { client?: string; cache?: 'hit' | 'merged'; billed?: string; limit?: LimitName };
+    Querystring: {
+      client?: string;
+      cache?: 'hit' | 'merged';
+      billed?: string;
+      limit?: NonNullable<Completion['limit']>;
+    };
   }>('/work', async (request, reply) => {
     const { client, cache, billed, limit } = request.query;
     request.report.client = client;

@@ -3,7 +3,7 @@
  * filesystem allows it; see {@link writeClientsFile} for the one case where it does not.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ClientRegistryError, type ClientsFile, isObject, validateClientsFile } from './schema.ts';
 
@@ -63,9 +63,14 @@ export interface WriteOptions {
 }
 
 /**
- * Validate, then replace the clients file: write a 0600 temp file in the same directory, fsync
- * it, rename it over the target. Readers (running gateways) see the old file or the new one,
- * never half of one. Pretty JSON with a trailing newline.
+ * Validate, then replace the clients file: write a temp file in the same directory, fsync it,
+ * rename it over the target. Readers (running gateways) see the old file or the new one, never
+ * half of one. Pretty JSON with a trailing newline.
+ *
+ * A new file is 0600. A replaced file keeps its mode, and (when the writer is root) its owner:
+ * an operator who made it readable to the gateway's user (uid 1000 in the image), or root on
+ * the host editing a file the container created, must not lock the gateway out by rotating a
+ * key.
  *
  * When the file is a single-file bind mount (`-v ./clients.json:/app/data/clients.json`), the
  * mount point cannot be replaced: rename fails with EBUSY (or EXDEV, the temp file being on
@@ -84,10 +89,15 @@ export async function writeClientsFile(
   const dir = dirname(path);
   await mkdir(dir, { recursive: true });
   const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  const existing = await stat(path).catch(() => undefined);
   const handle = await open(tmp, 'wx', 0o600);
   try {
     try {
-      await handle.chmod(0o600); // in case the umask is odd; never broader than owner-only
+      // Explicit, in case the umask is odd: the old file's mode, or owner-only.
+      await handle.chmod(existing ? existing.mode & 0o777 : 0o600);
+      if (existing && process.getuid?.() === 0) {
+        await handle.chown(existing.uid, existing.gid);
+      }
       await handle.writeFile(text, 'utf8');
       await handle.sync();
     } finally {
