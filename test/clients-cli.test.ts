@@ -1,10 +1,12 @@
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { runClientsCli } from '../src/clients/cli.ts';
 import { lockPathOf, updateClientsFile } from '../src/clients/lock.ts';
 import {
@@ -15,6 +17,9 @@ import {
   readClientsFile,
   writeClientsFile,
 } from '../src/clients/registry.ts';
+import { utcDay } from '../src/usage/counts.ts';
+import { usageKey } from '../src/usage/store.ts';
+import { describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
 
 const execFileAsync = promisify(execFile);
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
@@ -43,6 +48,17 @@ async function cli(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
   return { code, stdout, stderr };
 }
 
+/** A fresh directory per test; `file` is the clients file in it (not created). */
+let dir: string;
+let file: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'agw-cli-'));
+  file = join(dir, 'clients.json');
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
 /** The bare key is the last line of `add` / `rotate` output. */
 function keyFrom(stdout: string): string {
   const lines = stdout.trimEnd().split('\n');
@@ -52,16 +68,6 @@ function keyFrom(stdout: string): string {
 }
 
 describe('clients CLI (in-process)', () => {
-  let dir: string;
-  let file: string;
-  beforeEach(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'agw-cli-'));
-    file = join(dir, 'clients.json');
-  });
-  afterEach(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
-
   it('add writes the hash of the printed key, which the registry then authenticates', async () => {
     const run = await cli(['add', 'checkout-service', '--file', file]);
     expect(run.code).toBe(0);
@@ -289,16 +295,6 @@ describe('clients CLI (in-process)', () => {
 });
 
 describe('clients CLI: when changes take effect, settings, lock', () => {
-  let dir: string;
-  let file: string;
-  beforeEach(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'agw-cli-'));
-    file = join(dir, 'clients.json');
-  });
-  afterEach(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
-
   it('add, rotate and remove say when running gateways pick the change up', async () => {
     const add = await cli(['add', 'svc', '--file', file]);
     expect(add.stdout).toContain(
@@ -373,16 +369,7 @@ describe('clients CLI: when changes take effect, settings, lock', () => {
 });
 
 describe('clients CLI (real process)', { timeout: PROCESS_BOUND_MS }, () => {
-  let dir: string;
-  beforeEach(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'agw-cli-proc-'));
-  });
-  afterEach(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
-
   it('node src/clients/cli.ts add x --file <tmp> works end to end', async () => {
-    const file = join(dir, 'clients.json');
     const { stdout, stderr } = await execFileAsync(
       process.execPath,
       ['src/clients/cli.ts', 'add', 'x', '--file', file],
@@ -455,7 +442,6 @@ describe('clients CLI (real process)', { timeout: PROCESS_BOUND_MS }, () => {
   });
 
   it('8 parallel add runs: 8 keys printed, 8 clients saved, every key works', async () => {
-    const file = join(dir, 'clients.json');
     const runs = await Promise.all(
       Array.from({ length: 8 }, (_, i) =>
         runProcess(['add', `svc-${i}`, '--json', '--file', file], dir),
@@ -468,5 +454,92 @@ describe('clients CLI (real process)', { timeout: PROCESS_BOUND_MS }, () => {
     );
     for (const { id, key } of keys) expect(registry.authenticate(key)?.id).toBe(id);
     await expect(stat(lockPathOf(file))).rejects.toThrow();
+  });
+});
+
+describeWithRedis('clients usage (Redis)', () => {
+  let server: TestRedis;
+  let redis: Redis;
+
+  beforeAll(async () => {
+    server = await startRedis();
+    redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
+  });
+
+  afterAll(async () => {
+    redis.disconnect();
+    await server.close();
+  });
+
+  it('reads Redis directly (every replica) with limits from the clients file', async () => {
+    const today = utcDay(new Date());
+    await writeClientsFile(file, {
+      clients: [
+        { id: 'alice', keySha256: hashClientKey('agw_a'), quota: { upstreamCallsPerDay: 100 } },
+        { id: 'bob', keySha256: hashClientKey('agw_b') },
+      ],
+    });
+    await redis.del(usageKey(today));
+    await redis.hset(usageKey(today), {
+      'alice|requests': '7',
+      'alice|billed_calls': '4',
+      'alice|cache_hits': '2',
+      'alice|merged': '1',
+      'gone|requests': '1',
+    });
+    // The admin port is closed: proof that Redis alone answered.
+    const env = { REDIS_URL: server.url, GATEWAY_CLIENTS_FILE: file, ADMIN_PORT: '1' };
+
+    const table = await cli(['usage'], env);
+    expect(table.code).toBe(0);
+    const lines = table.stdout.trimEnd().split('\n');
+    expect(lines[0]).toBe(`usage on ${today} (UTC, so far), all replicas (Redis)`);
+    expect(lines[2]).toMatch(/^alice\s+7\s+4\/100\s+2\s+1\s+3\s+0\s+0\s+0$/);
+    expect(lines[3]).toMatch(/^bob\s+0\s+0\s/);
+    expect(lines[4]).toMatch(/^gone\s+1\s/);
+
+    const report = JSON.parse((await cli(['usage', '--json'], env)).stdout);
+    expect(report).toMatchObject({ day: today, source: 'redis' });
+    expect(report.clients[0]).toMatchObject({
+      id: 'alice',
+      requests: 7,
+      billed_calls: 4,
+      calls_saved: 3,
+      quota_per_day: 100,
+      quota_remaining: 96,
+    });
+
+    const one = JSON.parse((await cli(['usage', 'alice', '--json'], env)).stdout);
+    expect(one).toMatchObject({ day: today, source: 'redis', client: { id: 'alice' } });
+    const unknown = await cli(['usage', 'nobody'], env);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain('no client "nobody"');
+  });
+});
+
+/** A loopback port nothing listens on (one that was just free). */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return typeof address === 'object' && address ? address.port : 0;
+}
+
+describe('clients usage: nothing to read from', () => {
+  it('names both sources when neither Redis nor the admin port answers', async () => {
+    const port = await closedPort();
+    const run = await cli(['usage'], {
+      REDIS_URL: `redis://:s3cret-pass@127.0.0.1:${port}`,
+      ADMIN_PORT: String(port),
+      GATEWAY_CLIENTS_FILE: file,
+    });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain(
+      `cannot read usage: Redis at redis://127.0.0.1:${port}: ECONNREFUSED; ` +
+        `no gateway answered at http://127.0.0.1:${port}/usage: ECONNREFUSED`,
+    );
+    // The password in REDIS_URL is never printed.
+    expect(run.stderr).not.toContain('s3cret-pass');
   });
 });

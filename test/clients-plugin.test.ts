@@ -7,6 +7,7 @@ import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ClientRegistry, hashClientKey, writeClientsFile } from '../src/clients/registry.ts';
 import clientsPlugin, { type ClientsPluginOptions } from '../src/plugins/clients.ts';
+import { within } from './helpers.ts';
 
 const KEY_A = 'agw_plugin_key_a_0123456789';
 const KEY_B = 'agw_plugin_key_b_0123456789';
@@ -53,19 +54,6 @@ async function metric(registry: Registry, name: string, labels = ''): Promise<nu
   const text = await registry.metrics();
   const line = text.split('\n').find((l) => l.startsWith(`${name}${labels} `));
   return line === undefined ? Number.NaN : Number(line.split(' ')[1]);
-}
-
-/** Rejects if `promise` has not settled within `ms`: a bound on waiting, not a timing assertion. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not happen within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 let dir: string;

@@ -3,8 +3,7 @@
  * src/server.ts`) against the fake upstream, the real CLI as a process, and waits on the
  * gateway's own "clients reloaded" log lines, never on sleeps.
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { EventEmitter } from 'node:events';
+import { execFile } from 'node:child_process';
 import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,81 +16,29 @@ import {
   startFakeUpstream,
 } from '../dev/fake-upstream.ts';
 import { hashClientKey } from '../src/clients/registry.ts';
+import {
+  killServerProcesses,
+  type LogLine,
+  PROCESS_BOUND_MS,
+  PROCESS_DEFAULTS,
+  ServerProcess,
+} from './support/server-process.ts';
 
-const SERVER = fileURLToPath(new URL('../src/server.ts', import.meta.url));
 const CLI = fileURLToPath(new URL('../src/clients/cli.ts', import.meta.url));
-const BOUND_MS = 15_000;
 const RECOGNITION = '/captcha/recognition/hcaptcha';
 const PNG_1X1 =
   'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==';
 
 const execFileAsync = promisify(execFile);
 
-type LogLine = Record<string, unknown> & { msg?: string };
-
-/** Rejects if `promise` has not settled within `ms`: a bound on waiting, not a timing assertion. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not happen within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-class Gateway {
-  readonly lines: LogLine[] = [];
-  readonly events = new EventEmitter();
-  stdout = '';
-  stderr = '';
-  readonly child: ChildProcess;
-  readonly exited: Promise<void>;
+/** A gateway process, with what these tests ask of it (the spawner is shared). */
+class Gateway extends ServerProcess {
   port = 0;
   adminPort = 0;
 
-  constructor(env: Record<string, string>, cwd: string) {
-    this.child = spawn(process.execPath, [SERVER], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let partial = '';
-    this.child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      this.stdout += chunk;
-      partial += chunk;
-      const complete = partial.split('\n');
-      partial = complete.pop() ?? '';
-      for (const text of complete) {
-        if (text === '') continue;
-        const line = JSON.parse(text) as LogLine;
-        this.lines.push(line);
-        this.events.emit('line', line);
-      }
-    });
-    this.child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-      this.stderr += chunk;
-    });
-    this.exited = new Promise((resolve) => this.child.once('close', () => resolve()));
-  }
-
-  /** The first log line from index `from` on that matches, as soon as it is written. */
-  waitFor(match: (line: LogLine) => boolean, what: string, from = 0): Promise<LogLine> {
-    const found = this.lines.slice(from).find(match);
-    if (found) return Promise.resolve(found);
-    return within(
-      new Promise<LogLine>((resolve, reject) => {
-        const onLine = (line: LogLine) => {
-          if (!match(line)) return;
-          this.events.off('line', onLine);
-          resolve(line);
-        };
-        this.events.on('line', onLine);
-        this.exited.then(() =>
-          reject(new Error(`gateway exited before ${what}:\n${this.stderr}${this.stdout}`)),
-        );
-      }),
-      BOUND_MS,
-      what,
-    );
+  /** Resolves once both servers listen (PORT=0, ADMIN_PORT=0), with their ports noted. */
+  async ready(): Promise<void> {
+    ({ port: this.port, adminPort: this.adminPort } = await this.listening());
   }
 
   /** Resolves with the next "clients reloaded" line written after this call. */
@@ -100,27 +47,7 @@ class Gateway {
     return this.waitFor((l) => l.msg === 'clients reloaded', 'a "clients reloaded" line', from);
   }
 
-  /**
-   * Waits for both listening lines (PORT=0 and ADMIN_PORT=0) and tells them apart by asking:
-   * the main port answers an unauthenticated recognition request with 401, the admin port 404.
-   */
-  async listening(): Promise<void> {
-    const ports: number[] = [];
-    while (ports.length < 2) {
-      const line = await this.waitFor(
-        (l) => String(l.msg).startsWith('Server listening at') && !ports.includes(portOf(l)),
-        'listening',
-      );
-      const port = portOf(line);
-      ports.push(port);
-      const response = await fetch(`http://127.0.0.1:${port}${RECOGNITION}`, { method: 'POST' });
-      await response.arrayBuffer();
-      if (response.status === 401) this.port = port;
-      else this.adminPort = port;
-    }
-    if (this.port === 0 || this.adminPort === 0) throw new Error(`ports ${ports}: no main port`);
-  }
-
+  /** The status of a recognition request made with `key`. */
   async status(key: string): Promise<number> {
     const response = await fetch(`http://127.0.0.1:${this.port}${RECOGNITION}`, {
       method: 'POST',
@@ -133,15 +60,6 @@ class Gateway {
     await response.arrayBuffer();
     return response.status;
   }
-
-  async stop(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
-    await this.exited;
-  }
-}
-
-function portOf(line: LogLine): number {
-  return Number(/:(\d+)$/.exec(String(line.msg))?.[1] ?? 0);
 }
 
 /** `npm run clients -- <args> --json --file <file>` as a real process; its JSON output. */
@@ -162,27 +80,20 @@ async function clientsCliWith(env: Record<string, string>, file: string, ...args
 let fake: FakeUpstream;
 let dir: string;
 let file: string;
-const gateways: Gateway[] = [];
 
 function startGateway(extra: Record<string, string> = {}): Gateway {
-  const gateway = new Gateway(
+  return new Gateway(
     {
+      ...PROCESS_DEFAULTS,
       PATH: process.env.PATH ?? '',
       ACEDATA_API_TOKEN: FAKE_UPSTREAM_DEFAULT_TOKEN,
       ACEDATA_BASE_URL: fake.url,
-      HOST: '127.0.0.1',
-      PORT: '0',
-      ADMIN_HOST: '127.0.0.1',
-      ADMIN_PORT: '0',
       GATEWAY_CLIENTS_FILE: file,
       CLIENTS_RELOAD_INTERVAL_MS: '100',
-      LOG_LEVEL: 'info',
       ...extra,
     },
     dir,
   );
-  gateways.push(gateway);
-  return gateway;
 }
 
 beforeAll(async () => {
@@ -199,7 +110,7 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
-  await Promise.all(gateways.splice(0).map((g) => g.stop()));
+  await killServerProcesses();
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -217,7 +128,7 @@ describe('key changes reach a running gateway (real process)', () => {
     async () => {
       const alice1 = (await clientsCli(file, 'add', 'alice')).key ?? '';
       const gateway = startGateway();
-      await gateway.listening();
+      await gateway.ready();
       expect(await gateway.status(alice1)).toBe(200);
 
       let reload = gateway.nextReload();
@@ -239,7 +150,7 @@ describe('key changes reach a running gateway (real process)', () => {
 
       expectNoSecrets(gateway, [alice1, alice2, bob]);
     },
-    BOUND_MS * 2,
+    PROCESS_BOUND_MS * 2,
   );
 
   it(
@@ -248,7 +159,7 @@ describe('key changes reach a running gateway (real process)', () => {
       const first = (await clientsCli(file, 'add', 'first')).key ?? '';
       const a = startGateway();
       const b = startGateway();
-      await Promise.all([a.listening(), b.listening()]);
+      await Promise.all([a.ready(), b.ready()]);
       const reloads = [a.nextReload(), b.nextReload()];
       const rotated = (await clientsCli(file, 'rotate', 'first')).key ?? '';
       for (const line of await Promise.all(reloads)) expect(line).toMatchObject({ changed: 1 });
@@ -257,14 +168,14 @@ describe('key changes reach a running gateway (real process)', () => {
         expect(await gateway.status(rotated)).toBe(200);
       }
     },
-    BOUND_MS * 2,
+    PROCESS_BOUND_MS * 2,
   );
 
   it(
     'starts before the clients file exists (refusing every key), then accepts the first one added',
     async () => {
       const gateway = startGateway();
-      await gateway.listening();
+      await gateway.ready();
       expect(
         gateway.lines.find((l) => String(l.msg).startsWith('clients file not found')),
       ).toMatchObject({ clients_file: file });
@@ -274,7 +185,7 @@ describe('key changes reach a running gateway (real process)', () => {
       expect(await reload).toMatchObject({ clients: 1, added: 1 });
       expect(await gateway.status(key)).toBe(200);
     },
-    BOUND_MS * 2,
+    PROCESS_BOUND_MS * 2,
   );
 
   it(
@@ -282,7 +193,7 @@ describe('key changes reach a running gateway (real process)', () => {
     async () => {
       const key = (await clientsCli(file, 'add', 'steady')).key ?? '';
       const gateway = startGateway();
-      await gateway.listening();
+      await gateway.ready();
       const from = gateway.lines.length;
       await writeFile(`${file}.tmp`, '{"clients": [ oops');
       await rename(`${file}.tmp`, file);
@@ -295,7 +206,7 @@ describe('key changes reach a running gateway (real process)', () => {
       expect(await gateway.status(key)).toBe(200);
       expectNoSecrets(gateway, [key]);
     },
-    BOUND_MS * 2,
+    PROCESS_BOUND_MS * 2,
   );
 
   it(
@@ -303,7 +214,7 @@ describe('key changes reach a running gateway (real process)', () => {
     async () => {
       const key = (await clientsCli(file, 'add', 'hup')).key ?? '';
       const gateway = startGateway({ CLIENTS_RELOAD_INTERVAL_MS: '60000' });
-      await gateway.listening();
+      await gateway.ready();
       const rotated = (await clientsCli(file, 'rotate', 'hup')).key ?? '';
       const reload = gateway.nextReload();
       gateway.child.kill('SIGHUP');
@@ -311,7 +222,7 @@ describe('key changes reach a running gateway (real process)', () => {
       expect(await gateway.status(key)).toBe(401);
       expect(await gateway.status(rotated)).toBe(200);
     },
-    BOUND_MS * 2,
+    PROCESS_BOUND_MS * 2,
   );
 });
 
@@ -321,7 +232,7 @@ describe('usage of a running gateway (real process)', () => {
     async () => {
       const key = (await clientsCli(file, 'add', 'counted', '--quota', '10')).key ?? '';
       const gateway = startGateway();
-      await gateway.listening();
+      await gateway.ready();
       expect(await gateway.status(key)).toBe(200); // billed upstream call
       expect(await gateway.status(key)).toBe(200); // the same request: a cache hit
       expect(await gateway.status('agw_not_a_client')).toBe(401); // nobody's usage
@@ -355,6 +266,6 @@ describe('usage of a running gateway (real process)', () => {
       await publicUsage.arrayBuffer();
       expect(publicUsage.status).toBe(404);
     },
-    BOUND_MS * 2,
+    PROCESS_BOUND_MS * 2,
   );
 });

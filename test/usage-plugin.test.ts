@@ -70,6 +70,17 @@ async function send(app: FastifyInstance, urls = requests): Promise<void> {
   for (const url of urls) await app.inject({ method: 'GET', url });
 }
 
+/** An app that has served `requests`, and an admin server with the usage routes reading it. */
+async function withAdmin() {
+  const app = await build();
+  apps.push(app);
+  await send(app);
+  const admin = Fastify({ logger: false });
+  apps.push(admin);
+  await admin.register(usageRoutes, { reader: app.usage });
+  return { app, admin };
+}
+
 const apps: FastifyInstance[] = [];
 afterEach(async () => {
   for (const app of apps.splice(0)) await app.close();
@@ -132,12 +143,7 @@ describe('usage plugin', () => {
   });
 
   it('serves GET /usage and GET /usage/:client from the routes plugin (admin server only)', async () => {
-    const app = await build();
-    apps.push(app);
-    await send(app);
-    const admin = Fastify({ logger: false });
-    apps.push(admin);
-    await admin.register(usageRoutes, { reader: app.usage });
+    const { app, admin } = await withAdmin();
 
     const all = await admin.inject({ method: 'GET', url: '/usage' });
     expect(all.statusCode).toBe(200);
@@ -159,12 +165,7 @@ describe('usage plugin', () => {
   });
 
   it('clients usage asks the admin port when REDIS_URL is not set; a clear error when nothing answers', async () => {
-    const app = await build();
-    apps.push(app);
-    await send(app);
-    const admin = Fastify({ logger: false });
-    apps.push(admin);
-    await admin.register(usageRoutes, { reader: app.usage });
+    const { admin } = await withAdmin();
     await admin.listen({ host: '127.0.0.1', port: 0 });
     const address = admin.server.address();
     const port = typeof address === 'object' && address ? address.port : 0;

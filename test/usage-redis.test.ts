@@ -1,11 +1,6 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, expect, it } from 'vitest';
-import { runClientsCli } from '../src/clients/cli.ts';
-import { hashClientKey, writeClientsFile } from '../src/clients/registry.ts';
-import { dayBefore, type UsageEvent, utcDay } from '../src/usage/counts.ts';
+import { dayBefore, type UsageEvent } from '../src/usage/counts.ts';
 import { UsageRecorder } from '../src/usage/recorder.ts';
 import { RedisUsageStore, usageKey } from '../src/usage/store.ts';
 import { canControlRedis, describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
@@ -18,25 +13,9 @@ const event = (clientId: string, overrides: Partial<UsageEvent> = {}): UsageEven
   ...overrides,
 });
 
-async function cli(argv: string[], env: NodeJS.ProcessEnv) {
-  let stdout = '';
-  let stderr = '';
-  const code = await runClientsCli(argv, {
-    stdout: (s) => {
-      stdout += s;
-    },
-    stderr: (s) => {
-      stderr += s;
-    },
-    env,
-  });
-  return { code, stdout, stderr };
-}
-
 describeWithRedis('usage in Redis', () => {
   let server: TestRedis;
   let redis: Redis;
-  const today = utcDay(new Date());
 
   beforeAll(async () => {
     server = await startRedis();
@@ -113,56 +92,6 @@ describeWithRedis('usage in Redis', () => {
     expect(seen.byClient.get('bob')).toMatchObject({ requests: 1, quota_refused: 1 });
     await Promise.all([a.close(), b.close()]);
   });
-
-  it('clients usage reads Redis directly (every replica) with limits from the clients file', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'agw-usage-cli-'));
-    try {
-      const file = join(dir, 'clients.json');
-      await writeClientsFile(file, {
-        clients: [
-          { id: 'alice', keySha256: hashClientKey('agw_a'), quota: { upstreamCallsPerDay: 100 } },
-          { id: 'bob', keySha256: hashClientKey('agw_b') },
-        ],
-      });
-      await redis.hset(usageKey(today), {
-        'alice|requests': '7',
-        'alice|billed_calls': '4',
-        'alice|cache_hits': '2',
-        'alice|merged': '1',
-        'gone|requests': '1',
-      });
-      // The admin port is closed: proof that Redis alone answered.
-      const env = { REDIS_URL: server.url, GATEWAY_CLIENTS_FILE: file, ADMIN_PORT: '1' };
-
-      const table = await cli(['usage'], env);
-      expect(table.code).toBe(0);
-      const lines = table.stdout.trimEnd().split('\n');
-      expect(lines[0]).toBe(`usage on ${today} (UTC, so far), all replicas (Redis)`);
-      expect(lines[2]).toMatch(/^alice\s+7\s+4\/100\s+2\s+1\s+3\s+0\s+0\s+0$/);
-      expect(lines[3]).toMatch(/^bob\s+0\s+0\s/);
-      expect(lines[4]).toMatch(/^gone\s+1\s/);
-
-      const json = await cli(['usage', '--json'], env);
-      const report = JSON.parse(json.stdout);
-      expect(report).toMatchObject({ day: today, source: 'redis' });
-      expect(report.clients[0]).toMatchObject({
-        id: 'alice',
-        requests: 7,
-        billed_calls: 4,
-        calls_saved: 3,
-        quota_per_day: 100,
-        quota_remaining: 96,
-      });
-
-      const one = JSON.parse((await cli(['usage', 'alice', '--json'], env)).stdout);
-      expect(one).toMatchObject({ day: today, source: 'redis', client: { id: 'alice' } });
-      const unknown = await cli(['usage', 'nobody'], env);
-      expect(unknown.code).toBe(1);
-      expect(unknown.stderr).toContain('no client "nobody"');
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
 });
 
 describeWithRedis('usage while Redis is down', () => {
@@ -216,14 +145,6 @@ describeWithRedis('usage while Redis is down', () => {
       expect(shared.source).toBe('redis');
       expect(shared.byClient.get('alice')?.requests).toBe(2);
       await recorder.close();
-
-      const env = { REDIS_URL: server.url, GATEWAY_CLIENTS_FILE: '/nonexistent/clients.json' };
-      await server.stop();
-      const run = await cli(['usage'], { ...env, ADMIN_PORT: '1' });
-      expect(run.code).toBe(1);
-      expect(run.stderr).toContain('cannot read usage');
-      expect(run.stderr).toContain(`Redis at ${server.url}`);
-      expect(run.stderr).toContain('no gateway answered at http://127.0.0.1:1/usage');
     },
   );
 });

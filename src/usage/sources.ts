@@ -35,14 +35,18 @@ export async function usageFromRedis(
     enableOfflineQueue: false,
     retryStrategy: () => null, // one attempt: a tool reports, it does not wait for a recovery
   });
-  redis.on('error', () => {}); // reported through the rejected promise below
+  // The socket's error (ECONNREFUSED, …) says more than the "Connection is closed." that follows.
+  let socketError: unknown;
+  redis.on('error', (err) => {
+    socketError ??= err;
+  });
   try {
     await redis.connect();
     const day = utcDay(now);
     const fields = await new RedisUsageStore(redis).read(day);
     return usageReport({ day, source: 'redis', byClient: countsByClient(fields) }, clients);
   } catch (err) {
-    throw new UsageSourceError(`Redis at ${safeRedisAddress(url)}: ${reason(err)}`);
+    throw new UsageSourceError(`Redis at ${safeRedisAddress(url)}: ${reason(socketError ?? err)}`);
   } finally {
     redis.disconnect();
   }
