@@ -6,7 +6,7 @@ import {
   validatorCompiler,
 } from 'fastify-type-provider-zod';
 import type { OpenAPIV3 } from 'openapi-types';
-import { ClientRegistry } from './clients/registry.ts';
+import type { ClientRegistry } from './clients/registry.ts';
 import type { Config } from './config.ts';
 import { GatewayError, toGatewayError } from './errors.ts';
 import { answerFrameworkError, clientErrorHandler } from './http-errors.ts';
@@ -14,8 +14,10 @@ import { GatewayMetrics } from './metrics.ts';
 import admission from './plugins/admission.ts';
 import auth from './plugins/auth.ts';
 import cache from './plugins/cache.ts';
+import clientsPlugin from './plugins/clients.ts';
 import health from './plugins/health.ts';
 import jsonBody from './plugins/json-body.ts';
+import lingeringClose from './plugins/lingering-close.ts';
 import metricsPlugin from './plugins/metrics.ts';
 import opsRoutes from './plugins/ops-routes.ts';
 import quota from './plugins/quota.ts';
@@ -24,11 +26,13 @@ import redisPlugin from './plugins/redis.ts';
 import requestContext, { CompletionLogController, traceIdFor } from './plugins/request-context.ts';
 import tasks from './plugins/tasks.ts';
 import upstreamPlugin from './plugins/upstream.ts';
+import usagePlugin, { usageRoutes } from './plugins/usage.ts';
 import captchaRoutes from './routes/captcha.ts';
 import { UpstreamClient } from './upstream/client.ts';
 import { UpstreamGate } from './upstream/gate.ts';
 import { RetryBudget } from './upstream/retry-budget.ts';
 import { SecretMask } from './upstream/secrets.ts';
+import type { UsageReader } from './usage/report.ts';
 
 /** Anything pino can write to: a stream, or an object with write() in tests. */
 export interface LogDestination {
@@ -36,6 +40,7 @@ export interface LogDestination {
 }
 
 export interface AppDeps {
+  /** A fixed set of clients (tests, benchmarks) instead of GATEWAY_CLIENTS_FILE. */
   clients?: ClientRegistry;
   upstream?: UpstreamClient;
   /** Where log lines go; stdout when absent. */
@@ -152,8 +157,9 @@ function answerUnknownRoutesEarly(app: FastifyInstance): void {
 }
 
 export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
-  const clients = deps.clients ?? (await ClientRegistry.fromFile(config.GATEWAY_CLIENTS_FILE));
-  const metrics = new GatewayMetrics({ isKnownClient: (id) => clients.get(id) !== undefined });
+  // Filled in once the clients plugin is registered; metrics only label known clients.
+  let isKnownClient: (id: string) => boolean = () => false;
+  const metrics = new GatewayMetrics({ isKnownClient: (id) => isKnownClient(id) });
   const { derived } = config;
   const gate = new UpstreamGate({
     ratePerSecond: derived.upstreamRatePerSecond,
@@ -199,15 +205,36 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   // plugin (or module) named beside it.
   //   1. trace id, report, one completion log line   plugins/request-context.ts
   await app.register(requestContext);
+  //      an answer given before the body was read closes after a bounded read   plugins/lingering-close.ts
+  await app.register(lingeringClose);
   //   2. unknown route → 404, before any body is read answerUnknownRoutesEarly (above)
   answerUnknownRoutesEarly(app);
   //   3. draining → 503; /healthz, /readyz           plugins/health.ts
   await app.register(health);
-  await app.register(redisPlugin, { url: config.REDIS_URL, onStoreError: config.RATE_LIMIT_ON_STORE_ERROR });
+  await app.register(redisPlugin, {
+    url: config.REDIS_URL,
+    onStoreError: config.RATE_LIMIT_ON_STORE_ERROR,
+  });
   await app.register(upstreamPlugin, { client: upstream });
-  //   4. client key → client                          plugins/auth.ts
-  await app.register(auth, { clients });
+  //   4. client key → client                          plugins/auth.ts (keys: plugins/clients.ts)
+  await app.register(
+    clientsPlugin,
+    deps.clients
+      ? { clients: deps.clients, registry: metrics.registry }
+      : {
+          file: config.GATEWAY_CLIENTS_FILE,
+          reloadIntervalMs: config.CLIENTS_RELOAD_INTERVAL_MS,
+          registry: metrics.registry,
+        },
+  );
+  isKnownClient = (id) => app.clients.has(id);
+  await app.register(auth, { clients: app.clients });
   await app.register(metricsPlugin, { metrics });
+  await app.register(usagePlugin, {
+    redis: app.redis?.client,
+    registry: metrics.registry,
+    clientLabel: (id) => metrics.clientLabel(id),
+  });
   //   5. per-client rate limit                        plugins/rate-limit.ts
   await app.register(clientRateLimit, {
     defaultMax: config.RATE_LIMIT_MAX,
@@ -260,12 +287,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   });
   // The main app's document is complete once it is ready; the admin app serves it as is.
   await app.ready();
-  await buildAdmin(admin, config, metrics, app.swagger() as OpenAPIV3.Document);
+  await buildAdmin(admin, config, metrics, app.swagger() as OpenAPIV3.Document, app.usage);
   return app;
 }
 
 /**
- * The operations server: /metrics, /docs and /openapi.json expose client ids and counts, so they
+ * The operations server: /metrics, /docs, /openapi.json and /usage expose client ids and counts, so they
  * live on ADMIN_HOST:ADMIN_PORT (loopback by default) and never on the API port.
  */
 async function buildAdmin(
@@ -273,12 +300,15 @@ async function buildAdmin(
   config: Config,
   metrics: GatewayMetrics,
   document: OpenAPIV3.Document,
+  usage: UsageReader,
 ): Promise<void> {
   useGatewayErrors(admin);
   await admin.register(requestContext);
+  await admin.register(lingeringClose);
   answerUnknownRoutesEarly(admin);
   await admin.register(opsRoutes, {
     metrics: config.METRICS_ENABLED ? metrics : undefined,
     docs: config.DOCS_ENABLED ? { document } : undefined,
   });
+  await admin.register(usageRoutes, { reader: usage });
 }

@@ -154,8 +154,13 @@ function crossProblems(env: EnvConfig): string[] {
       problems.push('CLIENT_INFLIGHT_BYTES_MAX: must be at most INFLIGHT_BYTES_MAX');
     }
   }
-  if (env.IMAGE_MAX_BYTES > env.BODY_LIMIT_BYTES) {
-    problems.push('IMAGE_MAX_BYTES: must be at most BODY_LIMIT_BYTES (an image travels in the body)');
+  for (const name of ['INFLIGHT_BYTES_MAX', 'CLIENT_INFLIGHT_BYTES_MAX'] as const) {
+    const value = env[name];
+    if (value !== undefined && value < env.BODY_LIMIT_BYTES) {
+      problems.push(
+        `${name}: must be at least BODY_LIMIT_BYTES, or a full-size body is always refused`,
+      );
+    }
   }
   return problems;
 }

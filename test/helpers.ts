@@ -1,6 +1,8 @@
+import { test } from 'vitest';
 import {
   FAKE_UPSTREAM_DEFAULT_TOKEN,
   type FakeUpstream,
+  type FakeUpstreamOptions,
   startFakeUpstream,
 } from '../dev/fake-upstream.ts';
 import { buildApp } from '../src/app.ts';
@@ -15,6 +17,10 @@ export const JPEG_HEADER = Buffer.from([
 ]).toString('base64');
 export const GIF_HEADER = Buffer.from('GIF89a\x01\x00\x01\x00', 'latin1').toString('base64');
 export const WEBP_HEADER = Buffer.from('RIFF\x24\x00\x00\x00WEBPVP8 ', 'latin1').toString('base64');
+export const BMP_HEADER = Buffer.from(
+  'BM\x3a\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00',
+  'latin1',
+).toString('base64');
 
 export const CLIENT_KEY = 'agw_test_client_key_0123456789abcdefghijklmnopqrstuvwxyz';
 export const OTHER_CLIENT_KEY = 'agw_other_client_key_9876543210zyxwvutsrqponmlkjihgfedcba';
@@ -28,7 +34,7 @@ export const validBody = (overrides: Record<string, unknown> = {}) => ({
 
 /** Two clients; `limits` adds a rateLimit/quota to checkout-service (the CLIENT_KEY holder). */
 export function testRegistry(
-  limits: Pick<ClientRecord, 'rateLimit' | 'quota'> = {},
+  limits: Pick<ClientRecord, 'rateLimit' | 'quota' | 'maxInFlight'> = {},
 ): ClientRegistry {
   return new ClientRegistry([
     { id: 'checkout-service', keySha256: hashClientKey(CLIENT_KEY), ...limits },
@@ -38,6 +44,8 @@ export function testRegistry(
 
 export interface TestGateway {
   app: Awaited<ReturnType<typeof buildApp>>;
+  /** The operations server: /metrics, /docs, /openapi.json, /usage. */
+  admin: Awaited<ReturnType<typeof buildApp>>['admin'];
   fake: FakeUpstream;
   config: Config;
   /** Every log line written so far, raw. */
@@ -49,9 +57,11 @@ export interface TestGateway {
 
 export interface GatewayOptions {
   /** Limits for checkout-service. */
-  limits?: Pick<ClientRecord, 'rateLimit' | 'quota'>;
+  limits?: Pick<ClientRecord, 'rateLimit' | 'quota' | 'maxInFlight'>;
   /** Share one fake upstream between several gateways (replicas); closed by its owner, not here. */
   fake?: FakeUpstream;
+  /** Options of the fake this gateway starts for itself. */
+  fakeOptions?: FakeUpstreamOptions;
 }
 
 /** Builds the app against a fake upstream, capturing every log line (at debug level). */
@@ -60,7 +70,7 @@ export async function startGateway(
   options: GatewayOptions = {},
 ): Promise<TestGateway> {
   const ownsFake = options.fake === undefined;
-  const fake = options.fake ?? (await startFakeUpstream());
+  const fake = options.fake ?? (await startFakeUpstream(options.fakeOptions));
   const config = loadConfig({
     ACEDATA_API_TOKEN: UPSTREAM_TOKEN,
     ACEDATA_BASE_URL: fake.url,
@@ -74,6 +84,7 @@ export async function startGateway(
   });
   return {
     app,
+    admin: app.admin,
     fake,
     config,
     logLines,
@@ -91,6 +102,8 @@ export const authHeaders = (key = CLIENT_KEY) => ({
 });
 
 export const RECOGNITION = '/captcha/recognition/hcaptcha';
+export const TOKEN = '/captcha/token/hcaptcha';
+export const TASKS = '/captcha/tasks';
 
 /** POSTs JSON to a captcha route as checkout-service (or `key`), with extra headers. */
 export function postJson(
@@ -117,3 +130,21 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
     clearTimeout(timer);
   }
 }
+
+/** What a test's gateway is built with: settings (environment) and the options above. */
+export interface GatewaySettings extends GatewayOptions {
+  env?: Partial<Record<keyof ConfigInput, string>>;
+}
+
+/**
+ * `gatewayTest(name, async ({ gateway }) => …)`: a gateway with its own fake upstream, built for
+ * the test and closed after it. A describe block changes the settings with
+ * `gatewayTest.override('gatewaySettings', { env: { … }, limits: { … } })`.
+ */
+export const gatewayTest = test
+  .extend<'gatewaySettings', GatewaySettings>('gatewaySettings', {})
+  .extend('gateway', async ({ gatewaySettings }, { onCleanup }) => {
+    const gateway = await startGateway(gatewaySettings.env, gatewaySettings);
+    onCleanup(() => gateway.close());
+    return gateway;
+  });
