@@ -15,8 +15,9 @@
 #     `node` user), then switches to 1000:1000. So a directory that Docker created as root, or files
 #     written by another uid, work without anyone running chown by hand.
 #
-# Needs only CAP_CHOWN, CAP_SETUID and CAP_SETGID (docker-compose.yml drops every other one). The
-# command never keeps them: switching away from uid 0 clears every capability.
+# Needs only CAP_CHOWN, CAP_SETUID and CAP_SETGID (docker-compose.yml drops every other one but
+# KILL, which docker-init needs to signal the gateway). The command never keeps any: switching away
+# from uid 0 clears every capability.
 set -eu
 
 # The image's `node` user and group (node:24-slim).

@@ -543,7 +543,9 @@ describe('docker-compose.yml', () => {
     expect(gateway.user).toBe('0:0');
     expect(execForm(one('ENTRYPOINT'))).toHaveLength(1);
     expect(gateway.cap_drop).toEqual(['ALL']);
-    expect([...(gateway.cap_add ?? [])].sort()).toEqual(['CHOWN', 'SETGID', 'SETUID']);
+    // CHOWN, SETUID, SETGID: the entrypoint. KILL: docker-init (init: true) stays root while the
+    // gateway runs as 1000; without KILL it cannot forward SIGTERM (tini exits, no drain).
+    expect([...(gateway.cap_add ?? [])].sort()).toEqual(['CHOWN', 'KILL', 'SETGID', 'SETUID']);
     expect(gateway.security_opt).toContain('no-new-privileges:true');
     expect(gateway.read_only).toBe(true);
     expect([gateway.tmpfs].flat()).toContain('/tmp');
