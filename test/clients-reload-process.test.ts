@@ -44,7 +44,15 @@ class Gateway extends ServerProcess {
   /** Resolves with the next "clients reloaded" line written after this call. */
   nextReload(): Promise<LogLine> {
     const from = this.lines.length;
-    return this.waitFor((l) => l.msg === 'clients reloaded', 'a "clients reloaded" line', from);
+    return this.waitFor(
+      (l) => l.msg === 'clients reloaded',
+      'a "clients reloaded" line',
+      from,
+    ).catch((error: Error) => {
+      // What the gateway said instead (messages and fields carry no keys or hashes).
+      const since = this.lines.slice(from).map((l) => JSON.stringify(l));
+      throw new Error(`${error.message}\nlog lines since:\n${since.join('\n')}`);
+    });
   }
 
   /** The status of a recognition request made with `key`. */
