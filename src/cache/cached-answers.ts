@@ -64,7 +64,6 @@ export class CachedAnswers {
   readonly #store: CacheStore | undefined;
   readonly #merger: RequestMerger;
   readonly #ttlSeconds: number;
-  readonly #onEvent: (event: CacheEvent) => void;
   /**
    * Raw-bytes digest → cache key, for requests answered from the cache or stored. Bytes identical
    * to a request that was validated and answered need no parsing or validation again: a repeat is
@@ -77,7 +76,6 @@ export class CachedAnswers {
     store: CacheStore | undefined;
     merger: RequestMerger;
     ttlSeconds: number;
-    onEvent?: (event: CacheEvent) => void;
     /** Bound of the raw-bytes index; CACHE_MAX_ENTRIES. */
     maxEntries: number;
   }) {
@@ -85,7 +83,6 @@ export class CachedAnswers {
     this.#rawIndex = this.#store ? new LRUCache({ max: options.maxEntries }) : undefined;
     this.#merger = options.merger;
     this.#ttlSeconds = options.ttlSeconds;
-    this.#onEvent = options.onEvent ?? (() => {});
   }
 
   /** Identifies a request by its route and exact body bytes (undefined when caching is off). */
@@ -100,14 +97,14 @@ export class CachedAnswers {
     if (!entry || !this.#store) return undefined;
     const cached = await this.#store.get(entry.key);
     if (!cached) return undefined;
-    return { ...this.#finish({ ...cached, event: 'hit', cacheStatus: HIT }), images: entry.images };
+    return { ...cached, event: 'hit', cacheStatus: HIT, images: entry.images };
   }
 
   /** Forwards without reading or feeding shared state (async submissions, `no-store`). */
   async bypass(call: () => Promise<UpstreamReply>, directives: CacheDirectives): Promise<Answer> {
     const { status, body } = await call();
     const fwd = directives.noStore ? 'request' : 'bypass';
-    return this.#finish({ status, body, event: 'bypass', cacheStatus: `${CACHE_NAME}; fwd=${fwd}` });
+    return { status, body, event: 'bypass', cacheStatus: `${CACHE_NAME}; fwd=${fwd}` };
   }
 
   async answer(request: AnswerRequest): Promise<Answer> {
@@ -118,7 +115,7 @@ export class CachedAnswers {
     const cached = await lookup?.();
     if (cached) {
       this.#rememberRaw(request);
-      return this.#finish({ ...cached, event: 'hit', cacheStatus: HIT });
+      return { ...cached, event: 'hit', cacheStatus: HIT };
     }
 
     const merged = await this.#merger.run(
@@ -126,35 +123,31 @@ export class CachedAnswers {
       async () => {
         const reply = await request.call();
         const stored = store !== undefined && isCacheable(reply.status, reply.json);
-        if (stored) await store.set(key, { status: reply.status, body: reply.body }, this.#ttlSeconds);
+        if (stored)
+          await store.set(key, { status: reply.status, body: reply.body }, this.#ttlSeconds);
         return { status: reply.status, body: reply.body, stored };
       },
       { deadline: request.deadline, getCached: lookup },
     );
     const { status, body } = merged.value;
-    if (merged.source === 'cache') return this.#finish({ status, body, event: 'hit', cacheStatus: HIT });
+    if (merged.source === 'cache') return { status, body, event: 'hit', cacheStatus: HIT };
     if (merged.shared) {
       const cacheStatus = `${CACHE_NAME}; fwd=uri-miss; collapsed`;
-      return this.#finish({ status, body, event: 'merged', cacheStatus });
+      return { status, body, event: 'merged', cacheStatus };
     }
     if (!store) {
-      return this.#finish({ status, body, event: 'bypass', cacheStatus: `${CACHE_NAME}; fwd=bypass` });
+      return { status, body, event: 'bypass', cacheStatus: `${CACHE_NAME}; fwd=bypass` };
     }
     const stored = 'stored' in merged.value && merged.value.stored === true;
     if (stored) this.#rememberRaw(request);
     const fwd = directives.noCache ? 'request' : 'uri-miss';
     const cacheStatus = `${CACHE_NAME}; fwd=${fwd}${stored ? '; stored' : ''}`;
-    return this.#finish({ status, body, event: 'miss', cacheStatus });
+    return { status, body, event: 'miss', cacheStatus };
   }
 
   #rememberRaw(request: AnswerRequest): void {
     if (request.rawDigest !== undefined) {
       this.#rawIndex?.set(request.rawDigest, { key: request.key, images: request.images });
     }
-  }
-
-  #finish(answer: Answer): Answer {
-    this.#onEvent(answer.event);
-    return answer;
   }
 }

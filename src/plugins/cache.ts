@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
 import fp from 'fastify-plugin';
-import { CachedAnswers, type CacheEvent, parseCacheControl } from '../cache/cached-answers.ts';
+import { CachedAnswers, parseCacheControl } from '../cache/cached-answers.ts';
 import { MemoryCacheStore } from '../cache/memory-store.ts';
 import { InflightMerger, type MergeEvent } from '../cache/merge.ts';
 import { RedisMerger } from '../cache/redis-merge.ts';
@@ -25,7 +25,6 @@ export interface CachePluginOptions {
   ttlSeconds: number;
   maxEntries: number;
   maxBytes: number;
-  onCacheEvent?: (event: CacheEvent) => void;
   onMergeEvent?: (event: MergeEvent) => void;
 }
 
@@ -50,9 +49,18 @@ const cache: FastifyPluginAsync<CachePluginOptions> = async (app, options) => {
     merger,
     ttlSeconds: options.ttlSeconds,
     maxEntries: options.maxEntries,
-    onEvent: options.onCacheEvent,
   });
   app.decorate('answers', answers);
+  if (merger instanceof RedisMerger) {
+    app.addReadinessCheck('redis_merge', () =>
+      merger.isReady() || !app.redis?.isReady()
+        ? undefined
+        : {
+            status: 'degraded',
+            detail: 'merging across replicas is down; requests merge per replica',
+          },
+    );
+  }
   app.decorateRequest('rawDigest', undefined);
 
   app.addHook('preValidation', async (request, reply) => {
@@ -80,4 +88,4 @@ const cache: FastifyPluginAsync<CachePluginOptions> = async (app, options) => {
 };
 
 // Registered before json-body on purpose: its raw-bytes hook must run before parsing.
-export default fp(cache, { name: 'cache', fastify: '5.x', dependencies: ['redis'] });
+export default fp(cache, { name: 'cache', fastify: '5.x', dependencies: ['redis', 'health'] });
