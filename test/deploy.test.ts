@@ -1191,10 +1191,30 @@ describe('the image, run as processes', () => {
     });
 
     it(
-      'drains and exits 0 on the STOPSIGNAL',
+      'drains and exits 0 on the STOPSIGNAL, sent as docker-init would send it',
       async () => {
         const done = exited();
-        child?.kill(one('STOPSIGNAL') as NodeJS.Signals);
+        const signal = one('STOPSIGNAL');
+        if (AS_ROOT) {
+          // docker-init is root with only the compose file's capabilities, and the gateway runs as
+          // uid 1000: the signal must get through with exactly those.
+          const caps = (service(gatewayName).cap_add ?? []).map((cap) => `+${cap.toLowerCase()}`);
+          const sent = await run(
+            'setpriv',
+            [
+              `--bounding-set=-all,${caps.join(',')}`,
+              '--',
+              'sh',
+              '-c',
+              `kill -${signal.replace(/^SIG/, '')} ${child?.pid}`,
+            ],
+            { cwd: app, env: { PATH: imagePath } },
+          );
+          expect(sent.stderr).toBe('');
+          expect(sent.code).toBe(0);
+        } else {
+          child?.kill(signal as NodeJS.Signals);
+        }
         expect(await done).toBe(0);
         expect(stdout).toContain('"msg":"closed"');
       },
