@@ -74,11 +74,15 @@ export class UpstreamGate {
       return this.#runAdmitted(send);
     }
     if (this.#queued >= this.#options.maxQueued) {
-      throw new GatewayError('upstream_unavailable', 'the gateway is at its upstream capacity; retry later', {
-        headers: { 'retry-after': '1' },
-      });
+      throw new GatewayError(
+        'upstream_unavailable',
+        'the gateway is at its upstream capacity; retry later',
+        {
+          headers: { 'retry-after': '1' },
+        },
+      );
     }
-    const expectedStart = now + this.#expectedWaitMs(ticket.clientId);
+    const expectedStart = this.#expectedStart(ticket.clientId, now);
     if (expectedStart + this.#options.minAttemptMs > ticket.deadline) {
       throw new GatewayError(
         'timeout',
@@ -86,7 +90,9 @@ export class UpstreamGate {
         { headers: { 'retry-after': secondsFromMs(expectedStart - now) } },
       );
     }
-    await new Promise<void>((resolve, reject) => this.#enqueue({ ticket, start: resolve, refuse: reject }));
+    await new Promise<void>((resolve, reject) =>
+      this.#enqueue({ ticket, start: resolve, refuse: reject }),
+    );
     return this.#runAdmitted(send);
   }
 
@@ -118,14 +124,35 @@ export class UpstreamGate {
   }
 
   /**
-   * Round robin serves every waiting client once per turn: ahead of a new call are at most
-   * (its own queue + 1) turns of every waiting client, and never more than the whole queue.
+   * When a new call from `clientId` would start, counting only what the gate knows for sure: the
+   * calls the round robin serves before it, and the rate window (a busy concurrency cap can only
+   * delay it further). Round robin serves every waiting client once per turn, in Map order; the
+   * new call is its client's (own + 1)-th, so a client before it in the order gets up to own + 1
+   * starts first, one after it up to own.
    */
-  #expectedWaitMs(clientId: string): number {
-    const own = (this.#queues.get(clientId)?.length ?? 0) + 1;
-    const clients = this.#queues.size + (this.#queues.has(clientId) ? 0 : 1);
-    const ahead = Math.min(this.#queued + 1, own * clients);
-    return Math.ceil((ahead / this.#rate) * WINDOW_MS);
+  #expectedStart(clientId: string, now: number): number {
+    const own = this.#queues.get(clientId)?.length ?? 0;
+    let ahead = own + 1;
+    let before = true;
+    for (const [id, queue] of this.#queues) {
+      if (id === clientId) before = false;
+      else ahead += Math.min(queue.length, before ? own + 1 : own);
+    }
+    return this.#nthStartAt(ahead, now);
+  }
+
+  /**
+   * The earliest time the n-th call from now (1-based) may start under the sliding window: the
+   * j-th next start waits for the start `rate` places before it to leave the window, and every
+   * further `rate` starts take one more window.
+   */
+  #nthStartAt(n: number, now: number): number {
+    const rate = this.#rate;
+    const turns = Math.floor((n - 1) / rate);
+    const j = ((n - 1) % rate) + 1;
+    const blocking = this.#starts[this.#starts.length - 1 + j - rate];
+    const first = blocking === undefined ? now : Math.max(now, blocking + WINDOW_MS);
+    return first + turns * WINDOW_MS;
   }
 
   #enqueue(waiter: Waiter): void {
@@ -148,7 +175,14 @@ export class UpstreamGate {
       waiter.refuse(this.#tooLate(waiter.ticket));
     };
     // Past this point the call could not start with minAttemptMs left: give up now, not later.
-    const lateTimer = setTimeout(giveUp, Math.max(0, deadline - this.#options.minAttemptMs - Date.now()));
+    // A slot that frees at this very moment goes to it first (timers due together fire in any order).
+    const lateTimer = setTimeout(
+      () => {
+        this.#pump();
+        giveUp();
+      },
+      Math.max(0, deadline - this.#options.minAttemptMs - Date.now()),
+    );
     lateTimer.unref();
     signal.addEventListener('abort', giveUp, { once: true });
     const start = waiter.start;
