@@ -148,3 +148,17 @@ export const gatewayTest = test
     onCleanup(() => gateway.close());
     return gateway;
   });
+
+/** The sum of a metric's series whose labels include `labels` (0 when none), read from the registry. */
+export async function metricSum(
+  g: Pick<TestGateway, 'app'>,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
+  const metric = g.app.metrics.registry.getSingleMetric(name);
+  if (!metric) throw new Error(`no metric named ${name}`);
+  const { values } = await metric.get();
+  return values
+    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
+    .reduce((total, v) => total + v.value, 0);
+}

@@ -71,7 +71,10 @@ function isFaultStatus(status: number, kind: CallKind): boolean {
  * it must not be. Connection failures reach here as GatewayError('upstream_error') with the
  * undici error as `cause`.
  */
-export function transientReason(outcome: FailureReason<unknown>, kind: CallKind): string | undefined {
+export function transientReason(
+  outcome: FailureReason<unknown>,
+  kind: CallKind,
+): string | undefined {
   if ('value' in outcome) {
     const { value } = outcome;
     return isStatusReply(value) && isFaultStatus(value.status, kind)
@@ -119,10 +122,18 @@ export interface RetryPlan {
  * before the deadline, and when a `retry-after` does not fit, the last answer is returned as is.
  */
 export function retryPolicyFor(plan: RetryPlan): RetryPolicy {
-  const retryable = (outcome: FailureReason<unknown>) =>
-    transientReason(outcome, plan.kind) !== undefined &&
-    Date.now() + plan.waitAfter(outcome) + plan.minAttemptMs <= plan.deadlineAt &&
-    plan.mayRetry();
+  // cockatiel asks the predicate about every failed attempt, the last one included; only an
+  // outcome that will really be retried may take from the retry budget.
+  let granted = 0;
+  const retryable = (outcome: FailureReason<unknown>) => {
+    const due =
+      granted < plan.maxRetries &&
+      transientReason(outcome, plan.kind) !== undefined &&
+      Date.now() + plan.waitAfter(outcome) + plan.minAttemptMs <= plan.deadlineAt &&
+      plan.mayRetry();
+    if (due) granted++;
+    return due;
+  };
   return retry(
     handleWhen((error) => retryable({ error })).orWhenResult((value) => retryable({ value })),
     { maxAttempts: plan.maxRetries, backoff: deadlineBackoff(plan) },
