@@ -98,6 +98,19 @@ function reloadMetrics(registry: Registry, directory: ClientDirectory) {
       this.set(directory.valid ? 1 : 0);
     },
   });
+  new Gauge({
+    name: 'gateway_client_daily_quota',
+    help: 'Billed upstream calls each client may make per UTC day (its clients-file quota); no series without one',
+    labelNames: ['client'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const id of directory.ids) {
+        const quota = directory.get(id)?.quota;
+        if (quota) this.set({ client: id }, quota.upstreamCallsPerDay);
+      }
+    },
+  });
   return reloads;
 }
 
