@@ -1,60 +1,94 @@
+// The one error table (src/errors.ts): every error the gateway itself produces, the envelope it
+// builds, and how anything thrown while serving a request becomes one of its rows.
 import { errorCodes } from 'fastify';
 import { describe, expect, it } from 'vitest';
 import {
-  errorEnvelope,
   GATEWAY_ERRORS,
   GatewayError,
-  type GatewayErrorCode,
+  type GatewayErrorName,
   toGatewayError,
 } from '../src/errors.ts';
 
-/** design.md → "Errors the gateway itself produces". */
-const DESIGN_TABLE: Record<string, number> = {
-  bad_request: 400,
-  invalid_token: 401,
-  no_api: 404,
-  request_too_large: 413,
-  unsupported_media_type: 415,
-  too_many_requests: 429,
-  upstream_error: 502,
-  upstream_unavailable: 503,
-  timeout: 504,
-  api_error: 500,
+/**
+ * The contract: row → status and the code clients see. Codes are the upstream's own where one
+ * exists, so an SDK raises the same exception class; 431 shares 413's code.
+ */
+const CONTRACT: Record<GatewayErrorName, { status: number; code: string }> = {
+  bad_request: { status: 400, code: 'bad_request' },
+  invalid_token: { status: 401, code: 'invalid_token' },
+  used_up: { status: 403, code: 'used_up' },
+  disabled: { status: 403, code: 'disabled' },
+  forbidden: { status: 403, code: 'forbidden' },
+  not_found: { status: 404, code: 'not_found' },
+  no_api: { status: 404, code: 'no_api' },
+  request_timeout: { status: 408, code: 'request_timeout' },
+  request_too_large: { status: 413, code: 'request_too_large' },
+  unsupported_media_type: { status: 415, code: 'unsupported_media_type' },
+  too_many_requests: { status: 429, code: 'too_many_requests' },
+  headers_too_large: { status: 431, code: 'request_too_large' },
+  api_error: { status: 500, code: 'api_error' },
+  upstream_error: { status: 502, code: 'upstream_error' },
+  upstream_unavailable: { status: 503, code: 'upstream_unavailable' },
+  timeout: { status: 504, code: 'timeout' },
 };
 
 describe('GATEWAY_ERRORS', () => {
-  it('matches the design error table exactly', () => {
-    expect({ ...GATEWAY_ERRORS }).toStrictEqual(DESIGN_TABLE);
+  it('is exactly the contract', () => {
+    expect({ ...GATEWAY_ERRORS }).toStrictEqual(CONTRACT);
   });
 
-  it.each(Object.entries(DESIGN_TABLE))('GatewayError(%s) has status %i', (code, status) => {
-    const error = new GatewayError(code as GatewayErrorCode, 'msg');
-    expect(error.statusCode).toBe(status);
-    expect(error.code).toBe(code);
-    expect(error.message).toBe('msg');
-    expect(error.name).toBe('GatewayError');
+  it.each(Object.entries(CONTRACT))('GatewayError(%s) answers %o', (name, row) => {
+    const error = new GatewayError(name as GatewayErrorName, 'msg');
     expect(error).toBeInstanceOf(Error);
+    expect(error.name).toBe('GatewayError');
+    expect(error.statusCode).toBe(row.status);
+    expect(error.code).toBe(row.code);
+    expect(error.message).toBe('msg');
     expect(error.headers).toEqual({});
+    expect(error.personal).toBe(false);
+    expect(error.upstreamFault).toBe(false);
+    expect(error.limit).toBeUndefined();
   });
 
-  it('carries extra headers and a cause', () => {
+  it('carries headers, a cause, a status of its own and the flags it is given', () => {
     const cause = new Error('root');
     const error = new GatewayError('too_many_requests', 'slow down', {
       headers: { 'retry-after': '3' },
       cause,
+      limit: 'quota',
+      personal: true,
     });
     expect(error.headers).toEqual({ 'retry-after': '3' });
     expect(error.cause).toBe(cause);
+    expect(error.limit).toBe('quota');
+    expect(error.personal).toBe(true);
+    const framework = new GatewayError('bad_request', 'x', { status: 416, upstreamFault: true });
+    expect(framework.statusCode).toBe(416);
+    expect(framework.code).toBe('bad_request');
+    expect(framework.upstreamFault).toBe(true);
   });
 });
 
-describe('errorEnvelope', () => {
-  it('has the upstream envelope shape', () => {
-    expect(errorEnvelope('no_api', 'no route for GET /x', 'trace-1')).toStrictEqual({
+describe('GatewayError.envelope', () => {
+  it("is the upstream's envelope, with the request's trace id and nothing else", () => {
+    const envelope = new GatewayError('headers_too_large', 'too big').envelope('trace-1');
+    expect(envelope).toStrictEqual({
       success: false,
-      error: { code: 'no_api', message: 'no route for GET /x' },
+      error: { code: 'request_too_large', message: 'too big' },
       trace_id: 'trace-1',
     });
+    expect(JSON.stringify(envelope)).toBe(
+      '{"success":false,"error":{"code":"request_too_large","message":"too big"},"trace_id":"trace-1"}',
+    );
+  });
+
+  it('never carries headers, the cause or the flags', () => {
+    const error = new GatewayError('too_many_requests', 'm', {
+      headers: { 'retry-after': '9' },
+      cause: new Error('secret cause'),
+      limit: 'rate_limit',
+    });
+    expect(JSON.stringify(error.envelope('t'))).not.toMatch(/retry|secret|rate_limit/);
   });
 });
 
@@ -67,65 +101,93 @@ describe('toGatewayError', () => {
   it.each([
     [
       'FST_ERR_CTP_INVALID_MEDIA_TYPE',
-      new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(),
       'unsupported_media_type',
       415,
+      'content-type must be application/json',
     ],
-    // A programmer error (bad parser registration), never a client's: it is a bug.
-    ['FST_ERR_CTP_INVALID_TYPE', new errorCodes.FST_ERR_CTP_INVALID_TYPE(), 'api_error', 500],
     [
       'FST_ERR_CTP_BODY_TOO_LARGE',
-      new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE(),
       'request_too_large',
       413,
+      'request body exceeds the body size limit',
     ],
     [
       'FST_ERR_CTP_EMPTY_JSON_BODY',
-      new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY(),
       'bad_request',
       400,
+      'request body is empty; expected a JSON object',
     ],
-    [
-      'FST_ERR_CTP_INVALID_JSON_BODY',
-      new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY(),
-      'bad_request',
-      400,
-    ],
+    ['FST_ERR_CTP_INVALID_JSON_BODY', 'bad_request', 400, 'request body is not valid JSON'],
     [
       'FST_ERR_CTP_INVALID_CONTENT_LENGTH',
-      new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH(),
       'bad_request',
       400,
+      'content-length does not match the body',
     ],
-  ])('maps Fastify %s to %s', (_name, fastifyError, code, status) => {
-    const error = toGatewayError(fastifyError);
+  ] as const)('maps Fastify %s to %s %i', (name, code, status, message) => {
+    const error = toGatewayError(new errorCodes[name]());
     expect(error).toBeInstanceOf(GatewayError);
-    expect(error.code).toBe(code);
-    expect(error.statusCode).toBe(status);
-    expect(error.message.length).toBeGreaterThan(0);
+    expect([error.code, error.statusCode, error.message]).toEqual([code, status, message]);
   });
 
-  it('gives each Fastify body error a specific message', () => {
-    expect(toGatewayError(new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE()).message).toBe(
-      'content-type must be application/json',
-    );
-    expect(toGatewayError(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE()).message).toContain(
-      'body size limit',
-    );
-    expect(toGatewayError(new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY()).message).toContain('empty');
-    expect(toGatewayError(new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY()).message).toBe(
-      'request body is not valid JSON',
-    );
+  it('maps a programmer error (a bad parser registration) to api_error: a bug, not the client', () => {
+    const error = toGatewayError(new errorCodes.FST_ERR_CTP_INVALID_TYPE());
+    expect([error.code, error.statusCode]).toEqual(['api_error', 500]);
   });
 
-  it('maps a code-less 400 (e.g. a JSON parser SyntaxError) to bad_request', () => {
-    const syntax = Object.assign(new SyntaxError('Unexpected token } in JSON at position 7'), {
-      statusCode: 400,
-    });
-    const error = toGatewayError(syntax);
-    expect(error.code).toBe('bad_request');
-    expect(error.message).toBe('request body is not valid JSON');
-    expect(error.message).not.toContain('position 7');
+  /** A plugin's 4xx (static files, send, …) keeps its status; the row says which code. */
+  const frameworkError = (statusCode: number, message = 'plugin detail /etc/passwd') =>
+    Object.assign(new Error(message), { statusCode });
+
+  it.each([
+    [400, 'bad_request', 'the request is malformed'],
+    [401, 'invalid_token', 'the request was refused (HTTP 401)'],
+    [403, 'forbidden', 'access to this path is not allowed'],
+    [404, 'not_found', 'not found'],
+    [405, 'bad_request', 'the request was refused (HTTP 405)'],
+    [406, 'bad_request', 'the request was refused (HTTP 406)'],
+    [408, 'request_timeout', 'the request was refused (HTTP 408)'],
+    [411, 'bad_request', 'the request was refused (HTTP 411)'],
+    [412, 'bad_request', 'the request was refused (HTTP 412)'],
+    [413, 'request_too_large', 'the request was refused (HTTP 413)'],
+    [415, 'unsupported_media_type', 'the request was refused (HTTP 415)'],
+    [416, 'bad_request', 'the request was refused (HTTP 416)'],
+    [429, 'too_many_requests', 'the request was refused (HTTP 429)'],
+    [431, 'request_too_large', 'the request was refused (HTTP 431)'],
+  ])('a framework %i keeps its status, with code %s', (status, code, message) => {
+    const original = frameworkError(status);
+    const error = toGatewayError(original);
+    expect([error.statusCode, error.code, error.message]).toEqual([status, code, message]);
+    expect(error.cause).toBe(original);
+  });
+
+  it('never turns a framework 403 into an account code (used_up, disabled)', () => {
+    // An SDK stops for the account on used_up (InsufficientBalanceError) or disabled.
+    expect(toGatewayError(frameworkError(403)).code).toBe('forbidden');
+  });
+
+  it('never echoes the framework message, which may hold a path or a value', () => {
+    for (const status of [400, 403, 404, 405, 416]) {
+      expect(toGatewayError(frameworkError(status)).message).not.toContain('/etc/passwd');
+    }
+  });
+
+  it.each([
+    ['a string', 'boom secret'],
+    ['null', null],
+    ['undefined', undefined],
+    ['a number', 42],
+    [
+      'an error with an unknown code',
+      Object.assign(new Error('secret detail'), { code: 'ECONNRESET' }),
+    ],
+    ['an error with a 5xx status', Object.assign(new Error('secret detail'), { statusCode: 503 })],
+    ['an error with a 3xx status', Object.assign(new Error('secret detail'), { statusCode: 302 })],
+    ['a plain Error', new Error('connection string postgres://admin:hunter2@db failed')],
+  ])('turns %s into api_error, naming the trace id and nothing of the cause', (_name, thrown) => {
+    const error = toGatewayError(thrown);
+    expect([error.code, error.statusCode]).toEqual(['api_error', 500]);
+    expect(error.message).toBe('internal gateway error; see the gateway log for this trace_id');
   });
 
   describe('validation errors', () => {
@@ -142,62 +204,42 @@ describe('toGatewayError', () => {
 
     it('formats a path as body.queries[0]: message', () => {
       const error = toGatewayError(
-        validation(
-          [{ instancePath: '/queries/0', message: 'must be a PNG, JPEG, GIF or WebP image' }],
-          'body',
-        ),
+        validation([{ instancePath: '/queries/0', message: 'must be a PNG image' }], 'body'),
       );
-      expect(error.code).toBe('bad_request');
-      expect(error.statusCode).toBe(400);
-      expect(error.message).toBe('body.queries[0]: must be a PNG, JPEG, GIF or WebP image');
+      expect([error.code, error.statusCode, error.message]).toEqual([
+        'bad_request',
+        400,
+        'body.queries[0]: must be a PNG image',
+      ]);
     });
 
     it('joins several issues with "; " and formats nested paths', () => {
       const error = toGatewayError(
         validation([
-          { instancePath: '/question', message: 'must not be empty' },
+          { instancePath: '/question', message: 'must be a string' },
           { instancePath: '/options/grid/2/size', message: 'too big' },
           { instancePath: '', message: 'is not an object' },
           { instancePath: '/async' },
         ]),
       );
       expect(error.message).toBe(
-        'body.question: must not be empty; body.options.grid[2].size: too big; body: is not an object; body.async: is invalid',
+        'body.question: must be a string; body.options.grid[2].size: too big; body: is not an object; body.async: is invalid',
       );
     });
 
     it('uses the validation context when given', () => {
-      const error = toGatewayError(
-        validation([{ instancePath: '/limit', message: 'bad' }], 'querystring'),
-      );
-      expect(error.message).toBe('querystring.limit: bad');
+      expect(
+        toGatewayError(validation([{ instancePath: '/limit', message: 'bad' }], 'querystring'))
+          .message,
+      ).toBe('querystring.limit: bad');
     });
 
-    it('lists exactly 5 issues without a tail', () => {
-      const issues = Array.from({ length: 5 }, (_, i) => ({
-        instancePath: `/queries/${i}`,
-        message: `m${i}`,
-      }));
-      const message = toGatewayError(validation(issues)).message;
-      expect(message.split('; ')).toHaveLength(5);
-      expect(message).not.toContain('more problem');
-    });
-
-    it('says "1 more problem" in the singular', () => {
-      const issues = Array.from({ length: 6 }, (_, i) => ({
-        instancePath: `/q/${i}`,
-        message: 'x',
-      }));
-      expect(toGatewayError(validation(issues)).message).toMatch(/; and 1 more problem$/);
-    });
-
-    it('caps at 5 issues and says how many more there are', () => {
-      const issues = Array.from({ length: 8 }, (_, i) => ({
-        instancePath: `/queries/${i}`,
-        message: `m${i}`,
-      }));
-      const parts = toGatewayError(validation(issues)).message.split('; ');
-      expect(parts).toEqual([
+    it('lists at most 5 issues and says how many more there are', () => {
+      const issues = (n: number) =>
+        Array.from({ length: n }, (_, i) => ({ instancePath: `/queries/${i}`, message: `m${i}` }));
+      expect(toGatewayError(validation(issues(5))).message.split('; ')).toHaveLength(5);
+      expect(toGatewayError(validation(issues(6))).message).toMatch(/; and 1 more problem$/);
+      expect(toGatewayError(validation(issues(8))).message.split('; ')).toEqual([
         'body.queries[0]: m0',
         'body.queries[1]: m1',
         'body.queries[2]: m2',
@@ -213,36 +255,5 @@ describe('toGatewayError', () => {
       });
       expect(toGatewayError(error).code).toBe('bad_request');
     });
-  });
-
-  it('turns an unknown Error into api_error with a generic message', () => {
-    const original = new Error('connection string postgres://admin:hunter2@db failed');
-    const error = toGatewayError(original);
-    expect(error.code).toBe('api_error');
-    expect(error.statusCode).toBe(500);
-    expect(error.message).not.toContain('hunter2');
-    expect(error.message).not.toContain(original.message);
-    expect(error.message).toContain('trace_id');
-    expect(error.cause).toBe(original);
-  });
-
-  it.each([
-    ['a string', 'boom secret'],
-    ['null', null],
-    ['undefined', undefined],
-    ['a number', 42],
-    [
-      'an error with an unknown code',
-      Object.assign(new Error('secret detail'), { code: 'ECONNRESET' }),
-    ],
-    [
-      'an error with a non-400 status',
-      Object.assign(new Error('secret detail'), { statusCode: 503 }),
-    ],
-  ])('turns %s into api_error', (_name, thrown) => {
-    const error = toGatewayError(thrown);
-    expect(error.code).toBe('api_error');
-    expect(error.statusCode).toBe(500);
-    expect(error.message).not.toContain('secret');
   });
 });
