@@ -1,3 +1,4 @@
+import { connect, type Socket } from 'node:net';
 import { test } from 'vitest';
 import {
   FAKE_UPSTREAM_DEFAULT_TOKEN,
@@ -148,6 +149,102 @@ export const gatewayTest = test
     onCleanup(() => gateway.close());
     return gateway;
   });
+
+/** An HTTP/1.1 response read off a raw socket. */
+export interface RawResponse {
+  status: number;
+  /** Lower-case names; a repeated header keeps its last value. */
+  headers: Record<string, string>;
+  body: string;
+}
+
+/** A raw client connection: exact bytes out, the first response in, and the close seen. */
+export interface RawConnection {
+  socket: Socket;
+  /** The first complete response; rejects if the connection ends before it is complete. */
+  response: Promise<RawResponse>;
+  /** Settles when the socket closes, with the error that closed it (EPIPE, ECONNRESET), if any. */
+  closed: Promise<NodeJS.ErrnoException | undefined>;
+  /**
+   * Writes `total` bytes (or forever when `Infinity`) in chunks, honouring backpressure, until done
+   * or the connection ends; resolves with the bytes written.
+   */
+  stream(total: number, chunk?: Buffer): Promise<number>;
+}
+
+/** Opens a connection to 127.0.0.1:`port` and writes `head` (request line, headers, maybe body). */
+export function rawConnection(port: number, head: string | Buffer): RawConnection {
+  const socket = connect(port, '127.0.0.1');
+  let error: NodeJS.ErrnoException | undefined;
+  socket.on('error', (e: NodeJS.ErrnoException) => {
+    error ??= e;
+  });
+  const closed = new Promise<NodeJS.ErrnoException | undefined>((resolve) =>
+    socket.once('close', () => resolve(error)),
+  );
+  const response = new Promise<RawResponse>((resolve, reject) => {
+    let received = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      const parsed = parseRawResponse(received);
+      if (parsed) {
+        socket.off('data', onData);
+        resolve(parsed);
+      }
+    };
+    socket.on('data', onData);
+    void closed.then((e) =>
+      reject(new Error(`connection closed before a whole response (${e?.code ?? 'no error'})`)),
+    );
+  });
+  socket.write(head);
+  const stream = async (total: number, chunk = Buffer.alloc(64 * 1024, 0x20)) => {
+    let written = 0;
+    while (written < total && socket.writable && !socket.destroyed) {
+      const piece = total - written >= chunk.length ? chunk : chunk.subarray(0, total - written);
+      written += piece.length;
+      if (!socket.write(piece)) await drainedOrClosed(socket);
+    }
+    return written;
+  };
+  return { socket, response, closed, stream };
+}
+
+/** Resolves on 'drain' or 'close', never rejects (a write error ends the writer, not the test). */
+function drainedOrClosed(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
+}
+
+function parseRawResponse(received: Buffer): RawResponse | undefined {
+  const end = received.indexOf('\r\n\r\n');
+  if (end < 0) return undefined;
+  const [statusLine = '', ...lines] = received.toString('latin1', 0, end).split('\r\n');
+  const headers: Record<string, string> = {};
+  for (const line of lines) {
+    const at = line.indexOf(':');
+    headers[line.slice(0, at).trim().toLowerCase()] = line.slice(at + 1).trim();
+  }
+  const length = Number(headers['content-length'] ?? 0);
+  if (received.length < end + 4 + length) return undefined;
+  const body = received.toString('utf8', end + 4, end + 4 + length);
+  return { status: Number(statusLine.split(' ')[1]), headers, body };
+}
+
+/** Makes the gateway's API server listen on 127.0.0.1, port 0; resolves with the port. */
+export async function listenLocally(g: TestGateway): Promise<number> {
+  await g.app.listen({ host: '127.0.0.1', port: 0 });
+  const address = g.app.server.address();
+  if (typeof address !== 'object' || address === null) throw new Error('not listening');
+  return address.port;
+}
 
 /** The sum of a metric's series whose labels include `labels` (0 when none), read from the registry. */
 export async function metricSum(
