@@ -278,6 +278,18 @@ describe('deadlines', () => {
     expect(next.settled).toBe(false);
   });
 
+  it('refuses a call with less than minAttemptMs of its deadline left, even with a slot free', async () => {
+    const g = gate({ minAttemptMs: 1_000 });
+    const r = recorder();
+    const tooClose = track(g.run(ticket('a', { deadline: T0 + 999 }), r.send('too-close')));
+    await flush();
+    expect(tooClose.error).toMatchObject({ code: 'timeout', statusCode: 504 });
+    const justFits = track(g.run(ticket('a', { deadline: T0 + 1_000 }), r.send('just-fits')));
+    await flush();
+    expect(justFits.settled).toBe(false);
+    expect(r.names()).toEqual(['just-fits']);
+  });
+
   it('refuses an already aborted call without queueing it', async () => {
     const g = gate();
     const controller = new AbortController();

@@ -5,6 +5,7 @@ import type { UpstreamGate } from './gate.ts';
 import {
   BACKOFF_DEFAULTS,
   Breaker,
+  errorCode,
   isUpstreamFault,
   type JudgedReply,
   retryPolicyFor,
@@ -99,6 +100,7 @@ export class UpstreamClient {
   readonly #maxRetries: number;
   readonly #backoff: { initialDelayMs: number; maxDelayMs: number };
   readonly #minAttemptMs: number;
+  readonly #maxResponseBytes: number;
   readonly #breaker: Breaker;
   readonly #events: UpstreamEvents;
   readonly #gate: UpstreamGate | undefined;
@@ -112,6 +114,7 @@ export class UpstreamClient {
     const url = new URL(options.baseUrl);
     const pool = { ...POOL_DEFAULTS, ...options.pool };
     this.#pathPrefix = url.pathname.replace(/\/+$/, '');
+    this.#maxResponseBytes = pool.maxResponseBytes;
     this.#timeoutMs = options.timeoutMs;
     this.#maxRetries = options.maxRetries ?? RESILIENCE_DEFAULTS.maxRetries;
     this.#backoff = { ...BACKOFF_DEFAULTS, ...options.backoff };
@@ -188,7 +191,9 @@ export class UpstreamClient {
         return false;
       },
     });
-    retry.onRetry((outcome) => this.#retried(call, transientReason(outcome, call.kind) ?? 'unknown'));
+    retry.onRetry((outcome) =>
+      this.#retried(call, transientReason(outcome, call.kind) ?? 'unknown'),
+    );
     this.#budget?.recordCall();
 
     try {
@@ -215,6 +220,14 @@ export class UpstreamClient {
     signal: AbortSignal,
   ): Promise<UpstreamReply> {
     for (;;) {
+      // The first attempt too: a request that spent its deadline in queues and merges is answered
+      // now rather than sent to be cut off (retries are held to the same rule by the policy).
+      if (Date.now() + this.#minAttemptMs > call.deadline) {
+        throw new GatewayError(
+          'timeout',
+          'too little of the request deadline is left to call the upstream',
+        );
+      }
       const entry = this.#tokens.pick({ avoid: state.last, exclude: state.rejected });
       if (entry === undefined) throw this.#noUsableToken(call, state.lastRejection);
       state.last = entry;
@@ -318,10 +331,22 @@ export class UpstreamClient {
         // if it had a fair chance: a request that waited in queues and merges before being sent
         // with little time left says nothing about the upstream's health.
         const inFlightMs = performance.now() - started;
-        throw new GatewayError('timeout', 'the upstream did not answer before the request deadline', {
-          upstreamFault: inFlightMs >= this.#timeoutMs / 2,
-          cause: signal.reason,
-        });
+        throw new GatewayError(
+          'timeout',
+          'the upstream did not answer before the request deadline',
+          {
+            upstreamFault: inFlightMs >= this.#timeoutMs / 2,
+            cause: signal.reason,
+          },
+        );
+      }
+      if (errorCode(error) === 'UND_ERR_RES_EXCEEDED_MAX_SIZE') {
+        // An answer, only too big to be one: malformed, not an outage (the breaker ignores it).
+        throw new GatewayError(
+          'upstream_error',
+          `the upstream sent a reply larger than the gateway accepts (${this.#maxResponseBytes} bytes)`,
+          { cause: error },
+        );
       }
       throw new GatewayError('upstream_error', 'the upstream could not be reached', {
         cause: error,
@@ -343,7 +368,11 @@ export class UpstreamClient {
   #rejected(call: UpstreamCall, entry: PooledToken, reply: UpstreamReply): void {
     const outcome = this.#tokens.reject(entry);
     const code = upstreamErrorCode(reply.json);
-    const fields = { upstream_status: reply.status, upstream_code: code, token_fingerprint: entry.fingerprint };
+    const fields = {
+      upstream_status: reply.status,
+      upstream_code: code,
+      token_fingerprint: entry.fingerprint,
+    };
     if (outcome === 'disabled') {
       call.log.error(fields, "the upstream rejected one of the gateway's tokens; out of rotation");
       this.#tokenState(call, entry, 'disabled', code);

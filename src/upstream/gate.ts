@@ -69,6 +69,8 @@ export class UpstreamGate {
   async run<T>(ticket: GateTicket, send: () => Promise<T>): Promise<T> {
     if (ticket.signal.aborted) throw this.#tooLate(ticket);
     const now = Date.now();
+    // Too little deadline left to be worth a start, even with a free slot.
+    if (now + this.#options.minAttemptMs > ticket.deadline) throw this.#tooLate(ticket);
     if (this.#queued === 0 && this.#canStart(now)) {
       this.#admit(now);
       return this.#runAdmitted(send);

@@ -21,7 +21,7 @@ export function judgeReply(
     );
     return new GatewayError('upstream_error', 'the upstream sent a malformed reply');
   };
-  if (reply.json === undefined) throw malformed('body is not JSON');
+  // A 429 means "slow down" whatever its body says (a proxy's HTML page included).
   if (reply.status === 429) {
     // Still there after the retries: the upstream is saturated. 429 lets the SDK raise its
     // RateLimitError; the client's own limits have their own messages.
@@ -33,6 +33,7 @@ export function judgeReply(
       { headers: { 'retry-after': seconds } },
     );
   }
+  if (reply.json === undefined) throw malformed('body is not JSON');
   if (reply.status >= 200 && reply.status < 300 && !holdsExpected(reply.json, call.expect)) {
     throw malformed(`a ${reply.status} without ${call.expect}`);
   }
@@ -47,13 +48,16 @@ export function judgeReply(
  * A 403 with any other code (`forbidden`: content moderation of this request) is about the
  * request, not the token: it passes through.
  */
-export function credentialProblem(reply: UpstreamReply): 'rejected' | 'used_up' | 'disabled' | undefined {
+export function credentialProblem(
+  reply: UpstreamReply,
+): 'rejected' | 'used_up' | 'disabled' | undefined {
   if (reply.status < 400 || reply.status > 403) return undefined;
   const code = upstreamErrorCode(reply.json);
   if (code === 'used_up') return 'used_up';
   if (code === 'disabled') return 'disabled';
   if (reply.status === 401) return 'rejected';
-  if (reply.status === 400 && (code === 'no_token' || code === 'token_mismatched')) return 'rejected';
+  if (reply.status === 400 && (code === 'no_token' || code === 'token_mismatched'))
+    return 'rejected';
   return undefined;
 }
 
