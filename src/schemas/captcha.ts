@@ -17,14 +17,12 @@ export const recognitionRequestSchema = z
   .looseObject({
     queries: z
       .array(imageQuerySchema, { error: 'is required and must be an array of images' })
-      .min(1, 'must hold at least 1 image'),
-    question: z
-      .string({ error: 'must be a string' })
-      .optional()
-      .meta({
-        description: 'The challenge question, English or Chinese',
-        example: 'Please click each image containing a bus',
-      }),
+      .min(1, 'must hold at least 1 image')
+      .meta({ description: 'The challenge images, in the order hCaptcha shows them' }),
+    question: z.string({ error: 'must be a string' }).optional().meta({
+      description: 'The challenge question, English or Chinese',
+      example: 'Please click each image containing a bus',
+    }),
     async: asyncField,
   })
   .meta({ id: 'RecognitionRequest' });
@@ -37,16 +35,26 @@ export const tokenRequestSchema = z
     website_key: z
       .string({ error: 'is required and must be a string' })
       .min(1, 'must not be empty')
-      .meta({ example: 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2' }),
+      .meta({
+        description: "The site key of the page's hCaptcha widget (data-sitekey)",
+        example: 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2',
+      }),
     website_url: z
       .string({ error: 'is required and must be a string' })
       .min(1, 'must not be empty')
-      .meta({ example: 'https://accounts.hcaptcha.com/demo' }),
-    rqdata: z.string({ error: 'must be a string' }).optional(),
-    proxy: z
+      .meta({
+        description: 'The URL of the page that shows the widget',
+        example: 'https://accounts.hcaptcha.com/demo',
+      }),
+    rqdata: z
       .string({ error: 'must be a string' })
       .optional()
-      .meta({ example: 'http://user:pass@1.2.3.4:8080' }),
+      .meta({ description: "The widget's data-rqdata, for hCaptcha Enterprise" }),
+    proxy: z.string({ error: 'must be a string' }).optional().meta({
+      description:
+        'Your own proxy for solving: scheme://[user:pass@]host:port (http, https, socks4, socks5)',
+      example: 'http://user:pass@1.2.3.4:8080',
+    }),
     async: asyncField,
   })
   .meta({ id: 'TokenRequest' });
@@ -59,9 +67,17 @@ const taskIdField = z.string({ error: 'must be a string' }).min(1, 'must not be 
  */
 export const taskRequestSchema = z
   .looseObject({
-    task_id: taskIdField.optional(),
-    id: taskIdField.optional(),
-    action: z.literal('retrieve', { error: 'must be "retrieve"' }).optional(),
+    task_id: taskIdField.optional().meta({
+      description: 'The task_id an async submission returned',
+      example: '61138bb6-19aa-11ec-a9c8-0242ac110002',
+    }),
+    id: taskIdField.optional().meta({
+      description: "The same task id, as the SDKs' generic task poller (tasks.get/wait) sends it",
+    }),
+    action: z
+      .literal('retrieve', { error: 'must be "retrieve"' })
+      .optional()
+      .meta({ description: "Sent with id by the SDKs' generic task poller" }),
   })
   .superRefine((body, ctx) => {
     if (body.task_id === undefined && body.id === undefined) {
