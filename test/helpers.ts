@@ -1,5 +1,5 @@
 import { connect, type Socket } from 'node:net';
-import { test } from 'vitest';
+import { expect, test, vi } from 'vitest';
 import {
   FAKE_UPSTREAM_DEFAULT_TOKEN,
   type FakeUpstream,
@@ -258,4 +258,61 @@ export async function metricSum(
   return values
     .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
     .reduce((total, v) => total + v.value, 0);
+}
+
+/**
+ * The admin server's /metrics as `name{labels}` → value (e.g.
+ * `gateway_merge_events_total{event="merged"}`); absent series read as undefined.
+ */
+export async function scrapeMetrics(g: TestGateway): Promise<Map<string, number>> {
+  const res = await g.admin.inject({ method: 'GET', url: '/metrics' });
+  if (res.statusCode !== 200) throw new Error(`/metrics answered ${res.statusCode}`);
+  const samples = new Map<string, number>();
+  for (const line of res.body.split('\n')) {
+    if (line.startsWith('#') || line.trim() === '') continue;
+    const at = line.lastIndexOf(' ');
+    samples.set(line.slice(0, at), Number(line.slice(at + 1)));
+  }
+  return samples;
+}
+
+/** The completion log lines written so far (one per request). */
+export const completionLines = (g: TestGateway) =>
+  g.logs().filter((line) => line.msg === 'request completed');
+
+/** The completion line of the request answered with `res` (matched by its x-request-id). */
+export function completionOf(
+  g: TestGateway,
+  res: { headers: Record<string, unknown> },
+): Record<string, unknown> | undefined {
+  return completionLines(g).find((line) => line.trace_id === res.headers['x-request-id']);
+}
+
+/**
+ * Holds upstream calls at the gateway's gate, without sleeps, so a test decides when each starts.
+ * Needs `UPSTREAM_RATE_PER_SECOND: '1'` (one start per second) and a frozen clock
+ * (`vi.useFakeTimers({ toFake: ['Date'] })` before the first request). `takeSlot()` makes one
+ * call that uses the current second's only start; every upstream call after it waits at the gate
+ * until `next()` moves the clock a second on, which lets exactly one more start (on the gate's own
+ * timer, within a second of real time).
+ */
+export function gateHold(g: TestGateway) {
+  return {
+    /**
+     * One answered request (other-service, a question of its own: give replicas sharing a cache
+     * different ones) that takes the second's start slot.
+     */
+    async takeSlot(question = 'this request takes the start slot'): Promise<void> {
+      const res = await postJson(g, { key: OTHER_CLIENT_KEY, body: validBody({ question }) });
+      if (res.statusCode !== 200) throw new Error(`the slot-taking request got ${res.statusCode}`);
+    },
+    /** Resolves once `count` calls wait at the gate. */
+    async queued(count: number): Promise<void> {
+      await expect.poll(() => metricSum(g, 'gateway_upstream_queued')).toBe(count);
+    },
+    /** Lets one more call start. */
+    next(): void {
+      vi.advanceTimersByTime(1_000);
+    },
+  };
 }

@@ -64,8 +64,17 @@ async function waitForPort(port: number, up: boolean, timeoutMs = 5_000): Promis
   );
 }
 
+export interface RedisServerOptions {
+  /**
+   * Extra redis-server arguments, e.g. `['--maxmemory', '4mb', '--maxmemory-policy',
+   * 'volatile-lru']`. A test that needs them must also need a server it controls
+   * (`canControlRedis`): an external REDIS_URL is used as it is.
+   */
+  args?: readonly string[];
+}
+
 /** Starts a redis-server (or wraps REDIS_URL, which cannot be stopped). */
-export async function startRedis(): Promise<TestRedis> {
+export async function startRedis(options: RedisServerOptions = {}): Promise<TestRedis> {
   if (externalUrl !== undefined) {
     return {
       url: externalUrl,
@@ -93,6 +102,7 @@ export async function startRedis(): Promise<TestRedis> {
         'no',
         '--loglevel',
         'warning',
+        ...(options.args ?? []),
       ],
       { stdio: 'ignore' },
     );
