@@ -14,6 +14,7 @@ import { connectRedis, type SharedRedis } from '../src/redis.ts';
 import { canControlRedis, describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
 
 const silentLog = { info: () => {}, warn: () => {}, error: () => {} };
+/** An upstream call's own duration inside `fn` (never a wait for something else to happen). */
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const newKey = () => randomBytes(32).toString('hex');
 
@@ -31,14 +32,6 @@ function gate() {
     open = resolve;
   });
   return { open, opened };
-}
-
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 3_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await sleep(10);
-  }
 }
 
 const sources = (results: Array<MergeResult<unknown>>) =>
@@ -95,6 +88,23 @@ describe('InflightMerger', () => {
     expect(fn).toHaveBeenCalledTimes(1);
   });
 
+  it("does not share an owner's personal error (its quota): the waiter makes the call itself", async () => {
+    const merger = new InflightMerger();
+    const hold = gate();
+    const refused = vi.fn(async () => {
+      await hold.opened;
+      throw new GatewayError('too_many_requests', 'daily quota used up', { personal: true });
+    });
+    const paying = vi.fn(async () => answer());
+    const own = merger.run('k', refused).catch((e: unknown) => e);
+    const waiter = merger.run('k', paying);
+    hold.open();
+    expect(((await own) as GatewayError).code).toBe('too_many_requests');
+    const result = await waiter;
+    expect(paying).toHaveBeenCalledTimes(1);
+    expect(result).toMatchObject({ shared: false, source: 'owner' });
+  });
+
   it('does not merge different keys', async () => {
     const merger = new InflightMerger();
     const fn = vi.fn(async () => {
@@ -134,11 +144,21 @@ describeWithRedis('RedisMerger (two replicas)', () => {
       await merger.close();
       await shared.close();
     });
-    await until(() => merger.isReady());
+    await expect.poll(() => merger.isReady()).toBe(true);
     return { shared, merger, events, errors };
   }
 
-  const soon = (ms = 3_000) => ({ deadline: Date.now() + ms });
+  const soon = (ms = 5_000) => ({ deadline: Date.now() + ms });
+  /** Events, not time: the owner holds its lock now. */
+  const locked = (key: string) => expect.poll(() => direct.exists(`agw:lock:${key}`)).toBe(1);
+  /** Waiters on `count` replicas are subscribed to the key's done channel. */
+  const subscribed = (key: string, count = 1) =>
+    expect
+      .poll(async () => {
+        const reply = (await direct.pubsub('NUMSUB', `agw:done:${key}`)) as [string, number];
+        return Number(reply[1]);
+      })
+      .toBeGreaterThanOrEqual(count);
 
   beforeAll(async () => {
     server = await startRedis();
@@ -156,13 +176,18 @@ describeWithRedis('RedisMerger (two replicas)', () => {
   it('makes one upstream call for 20 identical requests split across replicas', async () => {
     const [a, b] = [await replica(), await replica()];
     const key = newKey();
+    const hold = gate();
     const fn = vi.fn(async () => {
-      await sleep(200);
+      await hold.opened;
       return answer();
     });
-    const results = await Promise.all(
-      Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? a : b).merger.run(key, fn, soon())),
+    const runs = Array.from({ length: 20 }, (_, i) =>
+      (i % 2 === 0 ? a : b).merger.run(key, fn, soon()),
     );
+    await locked(key);
+    await subscribed(key); // the other replica waits for the owner's announcement
+    hold.open();
+    const results = await Promise.all(runs);
     expect(fn).toHaveBeenCalledTimes(1);
     for (const result of results) {
       expect(result.value.status).toBe(200);
@@ -175,20 +200,26 @@ describeWithRedis('RedisMerger (two replicas)', () => {
     expect(results.filter((r) => r.shared)).toHaveLength(19);
     expect(await direct.exists(`agw:lock:${key}`)).toBe(0); // released
     expect([...a.errors, ...b.errors]).toEqual([]);
+    expect([...a.events, ...b.events].filter((e) => e === 'remote')).toHaveLength(1);
   });
 
   it("shares the owner's failure with every replica and caches nothing", async () => {
     const [a, b] = [await replica(), await replica()];
     const key = newKey();
+    const hold = gate();
     const failing = vi.fn(async () => {
-      await sleep(150);
+      await hold.opened;
       throw new GatewayError('upstream_unavailable', 'upstream circuit is open', {
         headers: { 'retry-after': '7' },
       });
     });
-    const settled = await Promise.allSettled(
-      Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? a : b).merger.run(key, failing, soon())),
+    const runs = Array.from({ length: 20 }, (_, i) =>
+      (i % 2 === 0 ? a : b).merger.run(key, failing, soon()),
     );
+    await locked(key);
+    await subscribed(key);
+    hold.open();
+    const settled = await Promise.allSettled(runs);
     expect(failing).toHaveBeenCalledTimes(1);
     for (const outcome of settled) {
       expect(outcome.status).toBe('rejected');
@@ -212,20 +243,43 @@ describeWithRedis('RedisMerger (two replicas)', () => {
     const [a, b] = [await replica(), await replica()];
     const key = newKey();
     const bug = new TypeError('cannot read properties of undefined');
+    const hold = gate();
     const fn = vi.fn(async () => {
-      await sleep(150);
+      await hold.opened;
       throw bug;
     });
-    const [own, remote] = await Promise.allSettled([
-      a.merger.run(key, fn, soon()),
-      sleep(30).then(() => b.merger.run(key, fn, soon())),
-    ]);
-    expect((own as PromiseRejectedResult).reason).toBe(bug); // the owner logs the real error
-    const error = (remote as PromiseRejectedResult).reason as GatewayError;
+    const own = a.merger.run(key, fn, soon()).catch((e: unknown) => e);
+    await locked(key);
+    const remote = b.merger.run(key, fn, soon()).catch((e: unknown) => e);
+    await subscribed(key);
+    hold.open();
+    expect(await own).toBe(bug); // the owner logs the real error
+    const error = (await remote) as GatewayError;
     expect(error).toBeInstanceOf(GatewayError);
     expect(error.code).toBe('api_error');
     expect(error.message).not.toContain('undefined');
     expect(fn).toHaveBeenCalledTimes(1);
+  });
+
+  it("an owner whose error is its own (quota) lets a waiter make the call, from the waiter's quota", async () => {
+    const [a, b] = [await replica(), await replica()];
+    const key = newKey();
+    const hold = gate();
+    const refused = vi.fn(async () => {
+      await hold.opened;
+      throw new GatewayError('too_many_requests', 'daily quota used up', { personal: true });
+    });
+    const own = a.merger.run(key, refused, soon()).catch((e: unknown) => e);
+    await locked(key);
+    const paying = vi.fn(async () => answer());
+    const waiter = b.merger.run(key, paying, soon());
+    await subscribed(key);
+    hold.open();
+    expect(((await own) as GatewayError).code).toBe('too_many_requests');
+    const result = await waiter;
+    expect(paying).toHaveBeenCalledTimes(1);
+    expect(result.source).toBe('owner');
+    expect(result.value.body.equals(BODY)).toBe(true);
   });
 
   it('a waiter finds an answer stored before it subscribed (getCached)', async () => {
@@ -244,18 +298,51 @@ describeWithRedis('RedisMerger (two replicas)', () => {
   });
 
   it('a live owner keeps its lock past lockTtlMs by refreshing it', async () => {
-    const [a, b] = [await replica({ lockTtlMs: 300 }), await replica({ lockTtlMs: 300 })];
+    const options = { lockTtlMs: 600 };
+    const [a, b] = [await replica(options), await replica(options)];
     const key = newKey();
+    const hold = gate();
     const fn = vi.fn(async () => {
-      await sleep(900);
+      await hold.opened;
       return answer();
     });
     const first = a.merger.run(key, fn, soon());
-    await until(async () => (await direct.exists(`agw:lock:${key}`)) === 1);
-    const results = await Promise.all([first, b.merger.run(key, fn, soon())]);
+    await locked(key);
+    const second = b.merger.run(key, fn, soon());
+    await subscribed(key);
+    // Time passing is the subject here: three lock lifetimes, during which only refreshes keep it.
+    await sleep(3 * options.lockTtlMs);
+    expect(await direct.exists(`agw:lock:${key}`)).toBe(1);
+    hold.open();
+    const results = await Promise.all([first, second]);
     expect(fn).toHaveBeenCalledTimes(1);
     expect(sources(results)).toEqual(['owner', 'remote']);
     expect(b.events).not.toContain('takeover');
+    expect(a.events).not.toContain('lock_lost');
+  });
+
+  it('an owner whose lock disappears while its call runs counts lock_lost and still answers', async () => {
+    const a = await replica({ lockTtlMs: 300, refreshIntervalMs: 50 });
+    const key = newKey();
+    const hold = gate();
+    const owner = a.merger.run(
+      key,
+      async () => {
+        await hold.opened;
+        return answer();
+      },
+      soon(),
+    );
+    await locked(key);
+    await direct.set(`agw:lock:${key}`, 'a-taker-over', 'PX', 5_000); // taken by someone else
+    await expect.poll(() => a.events).toContain('lock_lost');
+    hold.open();
+    const result = await owner;
+    expect(result.source).toBe('owner');
+    expect(result.value.body.equals(BODY)).toBe(true);
+    // Not ours any more: the owner's finish leaves the other lock alone.
+    expect(await direct.get(`agw:lock:${key}`)).toBe('a-taker-over');
+    expect(a.events.filter((e) => e === 'lock_lost')).toHaveLength(1);
   });
 
   it('takes over from a dead owner once its lock expires', async () => {
@@ -268,23 +355,20 @@ describeWithRedis('RedisMerger (two replicas)', () => {
       return answer();
     });
     const owner = a.merger.run(key, dead, soon());
-    await until(async () => (await direct.exists(`agw:lock:${key}`)) === 1);
+    await locked(key);
     // The owner's replica loses Redis for good: it can neither refresh nor announce.
     a.shared.client.disconnect();
 
-    const started = Date.now();
-    const fn = vi.fn(async () => {
-      await sleep(50);
-      return answer();
-    });
+    const fn = vi.fn(async () => answer());
+    // Deadlines far beyond the lock's lifetime: a waiter that failed to take over would time out.
     const waiters = await Promise.all([
-      ...Array.from({ length: 5 }, () => b.merger.run(key, fn, soon(2_500))),
-      ...Array.from({ length: 5 }, () => c.merger.run(key, fn, soon(2_500))),
+      ...Array.from({ length: 5 }, () => b.merger.run(key, fn, soon())),
+      ...Array.from({ length: 5 }, () => c.merger.run(key, fn, soon())),
     ]);
-    expect(Date.now() - started).toBeLessThan(2_000);
     expect(fn).toHaveBeenCalledTimes(1); // one of b and c took over; the other was told
     for (const result of waiters) expect(result.value.body.equals(BODY)).toBe(true);
     expect([...b.events, ...c.events].filter((e) => e === 'takeover')).toHaveLength(1);
+    expect([...b.events, ...c.events]).not.toContain('timeout');
     expect(sources(waiters).filter((s) => s === 'remote')).toHaveLength(1);
 
     hang.open();
@@ -293,23 +377,41 @@ describeWithRedis('RedisMerger (two replicas)', () => {
     expect(a.errors).toContain('publish');
   });
 
-  it('a waiter whose deadline passes gets a timeout GatewayError', async () => {
+  it("a waiter whose deadline comes before a dead owner's lock expires times out at its deadline", async () => {
+    const b = await replica();
+    const key = newKey();
+    // A dead owner's lock that outlives the waiter's deadline.
+    await direct.set(`agw:lock:${key}`, 'dead-owner', 'PX', 10_000);
+    const fn = vi.fn(async () => answer());
+    const { deadline } = soon(300);
+    const error = await b.merger.run(key, fn, { deadline }).catch((e: unknown) => e);
+    expect(Date.now()).toBeGreaterThanOrEqual(deadline);
+    expect(error).toBeInstanceOf(GatewayError);
+    expect((error as GatewayError).code).toBe('timeout');
+    expect(fn).not.toHaveBeenCalled();
+    expect(b.events).toEqual(['timeout']);
+    expect(await direct.get(`agw:lock:${key}`)).toBe('dead-owner');
+  });
+
+  it('a waiter whose deadline passes gets a timeout GatewayError without waiting for the owner', async () => {
     const [a, b] = [await replica(), await replica()];
     const key = newKey();
     const hang = gate();
+    let ownerDone = false;
     const slow = vi.fn(async () => {
       await hang.opened;
       return answer();
     });
-    const owner = a.merger.run(key, slow, soon());
-    await until(async () => (await direct.exists(`agw:lock:${key}`)) === 1);
-    const started = Date.now();
-    const error = await b.merger.run(key, slow, soon(300)).catch((e: unknown) => e);
-    const waited = Date.now() - started;
+    const owner = a.merger.run(key, slow, soon()).finally(() => {
+      ownerDone = true;
+    });
+    await locked(key);
+    const { deadline } = soon(300);
+    const error = await b.merger.run(key, slow, { deadline }).catch((e: unknown) => e);
+    expect(Date.now()).toBeGreaterThanOrEqual(deadline);
+    expect(ownerDone).toBe(false); // it did not wait for the owner's (still running) call
     expect(error).toBeInstanceOf(GatewayError);
     expect((error as GatewayError).code).toBe('timeout');
-    expect(waited).toBeGreaterThanOrEqual(280);
-    expect(waited).toBeLessThan(1_000);
     expect(b.events).toContain('timeout');
     hang.open();
     await owner;
@@ -329,10 +431,10 @@ describeWithRedis('RedisMerger (two replicas)', () => {
       },
       soon(),
     );
-    await until(async () => (await direct.exists(`agw:lock:${key}`)) === 1);
+    await locked(key);
     const bFn = vi.fn(async () => answer());
-    const waiting = b.merger.run(key, bFn, soon(5_000));
-    await sleep(80);
+    const waiting = b.merger.run(key, bFn, soon());
+    await subscribed(key);
     await server.stop();
     try {
       const rescued = await waiting;
@@ -341,17 +443,17 @@ describeWithRedis('RedisMerger (two replicas)', () => {
       expect(b.events).toContain('fallback');
 
       // While down, identical requests on one replica still make one call.
-      await until(() => !a.shared.isReady());
+      await expect.poll(() => a.shared.isReady()).toBe(false);
+      const held = gate();
       const fn = vi.fn(async () => {
-        await sleep(30);
+        await held.opened;
         return answer();
       });
       const other = newKey(); // `key` itself is still held by a's hung call
-      const started = Date.now();
-      const results = await Promise.all(
-        Array.from({ length: 10 }, () => a.merger.run(other, fn, soon())),
-      );
-      expect(Date.now() - started).toBeLessThan(1_000);
+      const runs = Array.from({ length: 10 }, () => a.merger.run(other, fn, soon()));
+      await expect.poll(() => a.events.filter((e) => e === 'merged').length).toBe(9);
+      held.open();
+      const results = await Promise.all(runs);
       expect(fn).toHaveBeenCalledTimes(1);
       expect(results.filter((r) => r.shared)).toHaveLength(9);
       expect(a.events).toContain('fallback');
