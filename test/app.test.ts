@@ -1,72 +1,69 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { fingerprint, startFakeUpstream } from '../dev/fake-upstream.ts';
 import {
-  authHeaders,
+  BMP_HEADER,
   CLIENT_KEY,
+  completionOf,
   GIF_HEADER,
+  gatewayTest,
   JPEG_HEADER,
   PNG_1X1,
+  postJson,
+  RECOGNITION,
   startGateway,
-  type TestGateway,
   UPSTREAM_TOKEN,
   validBody,
   WEBP_HEADER,
 } from './helpers.ts';
 
-const RECOGNITION = '/captcha/recognition/hcaptcha';
+const CREDENTIALS_REJECTED =
+  "the gateway's upstream credentials were rejected; this is the gateway's account, not your key — tell the gateway's operator";
 
-let gw: TestGateway;
-beforeAll(async () => {
-  // Caching off: these tests check forwarding, so identical bodies must reach the upstream.
-  gw = await startGateway({
-    UPSTREAM_TIMEOUT_MS: '1500',
-    BODY_LIMIT_BYTES: '65536',
-    CACHE_TTL_SECONDS: '0',
-  });
+// Caching off: these tests check forwarding, so identical bodies must reach the upstream.
+const test = gatewayTest.override('gatewaySettings', {
+  env: { UPSTREAM_TIMEOUT_MS: '1500', BODY_LIMIT_BYTES: '65536', CACHE_TTL_SECONDS: '0' },
 });
-afterAll(async () => {
-  await gw.close();
-});
-afterEach(() => {
-  gw.fake.reset();
-});
-
-const post = (
-  payload: unknown,
-  headers: Record<string, string> = authHeaders(),
-  url = RECOGNITION,
-) =>
-  gw.app.inject({
-    method: 'POST',
-    url,
-    headers,
-    payload: typeof payload === 'string' ? payload : JSON.stringify(payload),
-  });
 
 describe('forwarding', () => {
-  it("passes the upstream's status and body through byte for byte, with the gateway's token", async () => {
-    const res = await post(validBody());
+  test("passes the upstream's status and exact bytes through, with the gateway's token", async ({
+    gateway: g,
+  }) => {
+    // Spacing, member order and number spellings a re-serialization would change.
+    const upstream = '{ "solution" : {"label":"bus","box":["360","276"]},"elapsed":1.50,"n":1e3 }';
+    g.fake.enqueueFaults({ kind: 'garbage', status: 200, body: upstream });
+    const res = await postJson(g);
     expect(res.statusCode).toBe(200);
-    expect(gw.fake.callCount()).toBe(1);
-    const call = gw.fake.calls[0];
+    expect(res.body).toBe(upstream);
+    expect(res.headers['content-type']).toBe('application/json; charset=utf-8');
+    expect(g.fake.callCount()).toBe(1);
+    const call = g.fake.calls[0];
+    expect(call?.path).toBe(RECOGNITION);
     expect(call?.token).toBe(UPSTREAM_TOKEN);
     expect(JSON.stringify(call?.headers)).not.toContain(CLIENT_KEY);
-    // Same input to the fake directly gives the same deterministic bytes.
-    const direct = await fetch(`${gw.fake.url}${RECOGNITION}`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${UPSTREAM_TOKEN}`, 'content-type': 'application/json' },
-      body: call?.rawBody,
-    });
-    expect(res.rawPayload.equals(Buffer.from(await direct.arrayBuffer()))).toBe(true);
-    expect(res.json()).toMatchObject({ solution: { box: ['360', '276'] } });
+    expect(call?.rawBody).not.toContain(CLIENT_KEY);
   });
 
-  it('strips a data: prefix and line wrapping, and forwards unknown fields unchanged', async () => {
-    const wrapped = `data:image/png;base64,${PNG_1X1.slice(0, 20)}\r\n${PNG_1X1.slice(20)}`;
-    const res = await post(
-      validBody({ queries: [wrapped], website: 'example.test', extra: { a: [1, 2] } }),
-    );
+  test("forwards the client's exact bytes when nothing needs rewriting", async ({ gateway: g }) => {
+    const payload = `{"queries":["${PNG_1X1}"],  "question":"a\\u3000bus","n":18446744073709551617,"x":-0}`;
+    const res = await g.app.inject({
+      method: 'POST',
+      url: RECOGNITION,
+      headers: { authorization: `Bearer ${CLIENT_KEY}`, 'content-type': 'application/json' },
+      payload,
+    });
     expect(res.statusCode).toBe(200);
-    expect(gw.fake.calls[0]?.body).toEqual({
+    expect(g.fake.calls[0]?.rawBody).toBe(payload);
+  });
+
+  test('rewrites only queries (a data: prefix, line breaks) and keeps every other field as written', async ({
+    gateway: g,
+  }) => {
+    const wrapped = `data:image/png;base64,${PNG_1X1.slice(0, 20)}\r\n${PNG_1X1.slice(20)}`;
+    const res = await postJson(g, {
+      body: validBody({ queries: [wrapped], website: 'example.test', extra: { a: [1, 2] } }),
+    });
+    expect(res.statusCode).toBe(200);
+    expect(g.fake.calls[0]?.body).toEqual({
       question: 'Please click each image containing a bus',
       queries: [PNG_1X1],
       website: 'example.test',
@@ -74,147 +71,204 @@ describe('forwarding', () => {
     });
   });
 
-  it('accepts PNG, JPEG, GIF and WebP images', async () => {
-    const res = await post(validBody({ queries: [PNG_1X1, JPEG_HEADER, GIF_HEADER, WEBP_HEADER] }));
+  test('accepts PNG, JPEG, GIF, WebP and BMP images, image URLs, and no question', async ({
+    gateway: g,
+  }) => {
+    const queries = [
+      PNG_1X1,
+      JPEG_HEADER,
+      GIF_HEADER,
+      WEBP_HEADER,
+      BMP_HEADER,
+      'https://example.com/img.jpg',
+    ];
+    const res = await postJson(g, { body: { queries } });
     expect(res.statusCode).toBe(200);
-    expect(gw.fake.callCount()).toBe(1);
+    expect(g.fake.callCount()).toBe(1);
+    expect(g.fake.calls[0]?.body).toEqual({ queries });
   });
 
-  it('forwards async submissions and task polls', async () => {
-    const submitted = await post(validBody({ async: true }));
-    expect(submitted.statusCode).toBe(200);
-    const taskId = submitted.json().task_id as string;
-    expect(taskId).toEqual(expect.any(String));
-    const polled = await post({ task_id: taskId }, authHeaders(), '/captcha/tasks');
-    expect(polled.statusCode).toBe(200);
-    expect(polled.json()).toMatchObject({ task_id: taskId, status: 'ready' });
-    expect(gw.fake.calls.map((c) => c.path)).toEqual([RECOGNITION, '/captcha/tasks']);
-  });
-
-  it('honours a well-formed x-request-id, echoes it and forwards it', async () => {
-    const res = await post(validBody(), { ...authHeaders(), 'x-request-id': 'job-42:attempt.1' });
+  test('honours a well-formed x-request-id, echoes it and forwards it', async ({ gateway: g }) => {
+    const res = await postJson(g, { headers: { 'x-request-id': 'job-42:attempt.1' } });
     expect(res.headers['x-request-id']).toBe('job-42:attempt.1');
-    expect(gw.fake.calls[0]?.headers['x-request-id']).toBe('job-42:attempt.1');
+    expect(g.fake.calls[0]?.headers['x-request-id']).toBe('job-42:attempt.1');
   });
 
-  it.each([
+  test.for([
     ['has a space', 'bad id'],
     ['is too long', 'a'.repeat(129)],
-    ['has a CR/LF', 'a\rb'],
-  ])('replaces an x-request-id that %s with a generated one', async (_why, incoming) => {
-    const res = await post(validBody(), { ...authHeaders(), 'x-request-id': incoming });
-    const traceId = res.headers['x-request-id'];
-    expect(traceId).toMatch(/^[0-9a-f-]{36}$/);
-    expect(gw.fake.calls[0]?.headers['x-request-id']).toBe(traceId);
-  });
+  ] as const)(
+    'replaces an x-request-id that %s with a generated one',
+    async ([, incoming], { gateway: g }) => {
+      const res = await postJson(g, { headers: { 'x-request-id': incoming } });
+      const traceId = res.headers['x-request-id'];
+      expect(traceId).toMatch(/^[0-9a-f-]{36}$/);
+      expect(g.fake.calls[0]?.headers['x-request-id']).toBe(traceId);
+    },
+  );
 });
 
-describe('upstream errors', () => {
-  it('passes an upstream 400 through with its status and body', async () => {
-    gw.fake.enqueueFaults({
+describe("the upstream's answers", () => {
+  test('passes an upstream 400 through with its status and body', async ({ gateway: g }) => {
+    g.fake.enqueueFaults({
       kind: 'status',
       status: 400,
       code: 'bad_request',
       message: 'bad image',
     });
-    const res = await post(validBody());
+    const res = await postJson(g);
     expect(res.statusCode).toBe(400);
     expect(res.json()).toMatchObject({
       success: false,
       error: { code: 'bad_request', message: 'bad image' },
     });
+    // The upstream's own trace id, not the gateway's.
     expect(res.json().trace_id).not.toBe(res.headers['x-request-id']);
+    expect(completionOf(g, res)).toMatchObject({ status: 400, error_code: 'bad_request' });
   });
 
-  it('passes a plain-string upstream error through as it is', async () => {
-    gw.fake.enqueueFaults({ kind: 'status', status: 404, message: 'nope', plainError: true });
-    const res = await post(validBody());
+  test('passes a plain-string upstream error through as it is', async ({ gateway: g }) => {
+    g.fake.enqueueFaults({ kind: 'status', status: 404, message: 'nope', plainError: true });
+    const res = await postJson(g);
     expect(res.statusCode).toBe(404);
     expect(res.json().error).toBe('nope');
   });
 
-  it.each([401, 403])(
-    "maps upstream %i about the gateway's token to 502 upstream_error and logs it",
-    async (status) => {
-      gw.fake.enqueueFaults({ kind: 'status', status });
-      const res = await post(validBody());
-      expect(res.statusCode).toBe(502);
-      expect(res.json()).toEqual({
-        success: false,
-        error: {
-          code: 'upstream_error',
-          message: "the gateway's upstream credentials were rejected",
-        },
-        trace_id: res.headers['x-request-id'],
-      });
-      const errorLines = gw
-        .logs()
-        .filter((l) => l.level === 50 && l.trace_id === res.headers['x-request-id']);
-      expect(errorLines).toHaveLength(1);
-    },
-  );
+  test('passes 403 forbidden (moderation of this request) through and keeps the token', async ({
+    gateway: g,
+  }) => {
+    g.fake.enqueueFaults({ kind: 'status', status: 403, code: 'forbidden' });
+    const res = await postJson(g);
+    expect(res.statusCode).toBe(403);
+    expect(res.json().error.code).toBe('forbidden');
+    expect(g.app.upstream.tokenState()).toEqual({ usable: 1, total: 1 });
+    expect(g.app.upstream.circuitState()).toBe('closed');
+    expect((await postJson(g, { body: validBody({ question: 'next' }) })).statusCode).toBe(200);
+    expect(g.fake.callCount()).toBe(2);
+  });
 
-  it('maps an upstream 429 to 503 upstream_unavailable with retry-after', async () => {
-    gw.fake.setDefaultFault({ kind: 'status', status: 429, retryAfter: '7' });
-    const res = await post(validBody());
-    gw.fake.setDefaultFault(undefined);
-    expect(res.statusCode).toBe(503);
-    expect(res.json().error.code).toBe('upstream_unavailable');
+  test("answers 502 when the upstream rejects the gateway's only token, and logs its fingerprint", async ({
+    gateway: g,
+  }) => {
+    g.fake.enqueueFaults({ kind: 'status', status: 401, code: 'invalid_token' });
+    const res = await postJson(g);
+    expect(res.statusCode).toBe(502);
+    expect(res.json()).toEqual({
+      success: false,
+      error: { code: 'upstream_error', message: CREDENTIALS_REJECTED },
+      trace_id: res.headers['x-request-id'],
+    });
+    const errors = g
+      .logs()
+      .filter((l) => l.level === 50 && l.trace_id === res.headers['x-request-id']);
+    expect(errors.map((l) => l.msg)).toContain(
+      "the upstream rejected the gateway's token or account",
+    );
+    expect(errors.find((l) => l.token_fingerprint)?.token_fingerprint).toBe(
+      fingerprint(UPSTREAM_TOKEN),
+    );
+    expect(g.logLines.join('\n')).not.toContain(UPSTREAM_TOKEN);
+    // A pool of one keeps its token: the next request goes through.
+    expect((await postJson(g, { body: validBody({ question: 'next' }) })).statusCode).toBe(200);
+  });
+
+  test('answers 429 with retry-after when the upstream keeps answering 429', async ({
+    gateway: g,
+  }) => {
+    g.fake.setDefaultFault({ kind: 'status', status: 429, retryAfter: '7' });
+    const res = await postJson(g);
+    expect(res.statusCode).toBe(429);
+    expect(res.json().error.code).toBe('too_many_requests');
+    expect(res.json().error.message).toMatch(/upstream is saturated/);
     expect(res.headers['retry-after']).toBe('7');
   });
 
-  it.each([
-    ['a non-JSON body', { kind: 'garbage' } as const],
-    ['a 200 without solution', { kind: 'malformed' } as const],
-    ['a connection reset', { kind: 'reset' } as const],
-  ])('answers 502 upstream_error for %s', async (_why, fault) => {
-    gw.fake.setDefaultFault(fault);
-    const res = await post(validBody());
-    gw.fake.setDefaultFault(undefined);
+  test.for([
+    ['a non-JSON body', { kind: 'garbage' }],
+    ['a 200 without solution', { kind: 'malformed' }],
+    ['a connection reset', { kind: 'reset' }],
+  ] as const)('answers 502 upstream_error for %s', async ([, fault], { gateway: g }) => {
+    g.fake.setDefaultFault(fault);
+    const res = await postJson(g);
     expect(res.statusCode).toBe(502);
     expect(res.json()).toMatchObject({ success: false, error: { code: 'upstream_error' } });
     expect(res.json().trace_id).toBe(res.headers['x-request-id']);
   });
 
-  it('answers 502 upstream_error when the upstream cannot be reached', async () => {
-    const closed = await startGateway({ UPSTREAM_TIMEOUT_MS: '1500' });
-    await closed.fake.close();
-    const res = await closed.app.inject({
-      method: 'POST',
-      url: RECOGNITION,
-      headers: authHeaders(),
-      payload: JSON.stringify(validBody()),
-    });
-    await closed.app.close();
-    expect(res.statusCode).toBe(502);
-    expect(res.json()).toMatchObject({
-      error: { code: 'upstream_error', message: 'upstream could not be reached' },
-    });
-  });
-
-  it('answers 502 for an async submission without task_id', async () => {
-    gw.fake.enqueueFaults({ kind: 'malformed' });
-    const res = await post(validBody({ async: true }));
+  test('answers 502 for an async submission without task_id', async ({ gateway: g }) => {
+    g.fake.enqueueFaults({ kind: 'malformed' });
+    const res = await postJson(g, { body: validBody({ async: true }) });
     expect(res.statusCode).toBe(502);
     expect(res.json().error.code).toBe('upstream_error');
   });
 
-  it('answers 504 timeout when the upstream hangs past UPSTREAM_TIMEOUT_MS', async () => {
-    gw.fake.enqueueFaults({ kind: 'hang' });
-    const res = await post(validBody());
+  test('answers 504 timeout when the upstream hangs past UPSTREAM_TIMEOUT_MS', async ({
+    gateway: g,
+  }) => {
+    g.fake.enqueueFaults({ kind: 'hang' });
+    const res = await postJson(g);
     expect(res.statusCode).toBe(504);
     expect(res.json()).toMatchObject({ success: false, error: { code: 'timeout' } });
+    expect(g.fake.callCount()).toBe(1);
   });
 });
 
-describe('health routes', () => {
-  it('answers /healthz and /readyz without a client key', async () => {
-    const live = await gw.app.inject({ method: 'GET', url: '/healthz' });
-    expect(live.statusCode).toBe(200);
-    expect(live.json()).toEqual({ status: 'ok' });
-    const ready = await gw.app.inject({ method: 'GET', url: '/readyz' });
-    expect(ready.statusCode).toBe(200);
-    expect(ready.json()).toEqual({ status: 'ready', failed: {} });
-    expect(gw.fake.callCount()).toBe(0);
+describe('an upstream that cannot be reached', () => {
+  it('answers 502 upstream_error', async () => {
+    const gone = await startFakeUpstream();
+    const url = gone.url;
+    await gone.close();
+    const g = await startGateway(
+      { ACEDATA_BASE_URL: url, UPSTREAM_TIMEOUT_MS: '1500', UPSTREAM_MAX_RETRIES: '0' },
+      { fake: gone },
+    );
+    try {
+      const res = await postJson(g);
+      expect(res.statusCode).toBe(502);
+      expect(res.json()).toMatchObject({
+        error: { code: 'upstream_error', message: 'the upstream could not be reached' },
+      });
+    } finally {
+      await g.app.close();
+    }
+  });
+});
+
+describe('routes', () => {
+  test('answers an unknown route 404 no_api before reading its body, with or without a key', async ({
+    gateway: g,
+  }) => {
+    for (const headers of [{}, { authorization: `Bearer ${CLIENT_KEY}` }]) {
+      const res = await g.app.inject({
+        method: 'POST',
+        url: '/captcha/other',
+        headers,
+        payload: '{}',
+      });
+      expect(res.statusCode).toBe(404);
+      expect(res.json()).toEqual({
+        success: false,
+        error: { code: 'no_api', message: 'no route for POST /captcha/other' },
+        trace_id: res.headers['x-request-id'],
+      });
+    }
+    expect(g.fake.callCount()).toBe(0);
+  });
+
+  test('serves /metrics, /docs, /openapi.json and /usage on the admin server only', async ({
+    gateway: g,
+  }) => {
+    for (const url of ['/metrics', '/docs', '/openapi.json', '/usage', '/usage/checkout-service']) {
+      const api = await g.app.inject({ method: 'GET', url });
+      expect(api.statusCode, url).toBe(404);
+      expect(api.json().error.code).toBe('no_api');
+      const admin = await g.admin.inject({ method: 'GET', url });
+      expect([200, 302], url).toContain(admin.statusCode);
+    }
+    expect(g.admin).not.toBe(g.app);
+    // And the API routes are not on the admin server.
+    const captcha = await g.admin.inject({ method: 'POST', url: RECOGNITION, payload: '{}' });
+    expect(captcha.statusCode).toBe(404);
+    expect(g.fake.callCount()).toBe(0);
   });
 });
