@@ -1,51 +1,73 @@
 import { tokenFingerprint } from './token-pool.ts';
 
-interface Secret {
-  /** Every spelling the secret may take in upstream text: raw, and JSON-escaped when different. */
-  forms: Buffer[];
+/** One spelling of a secret and what replaces it. */
+interface Form {
+  bytes: Buffer;
   replacement: Buffer;
 }
 
-function secretOf(value: string, label: string): Secret {
-  const escaped = JSON.stringify(value).slice(1, -1);
-  const forms = [Buffer.from(value)];
-  if (escaped !== value) forms.push(Buffer.from(escaped));
-  return { forms, replacement: Buffer.from(`[${label}:${tokenFingerprint(value)}]`) };
+/**
+ * Every spelling the secret may take in upstream text: raw; JSON-escaped (`"` and `\`); and
+ * JSON with escaped slashes (`\/`, as PHP and some proxies write it: a Base64 token has `/`).
+ */
+function formsOf(value: string, label: string): Form[] {
+  const replacement = Buffer.from(`[${label}:${tokenFingerprint(value)}]`);
+  const json = JSON.stringify(value).slice(1, -1);
+  const spellings = new Set([value, json, json.replaceAll('/', '\\/')]);
+  return [...spellings]
+    .filter((spelling) => spelling.length > 0)
+    .map((spelling) => ({ bytes: Buffer.from(spelling), replacement }));
 }
+
+const longestFirst = (a: Form, b: Form) => b.bytes.length - a.bytes.length;
 
 /**
  * Replaces secrets by value in upstream text before the gateway logs or returns it: every
  * configured upstream token, and the key of the client being served. Masking by pattern
  * (redact.ts) cannot catch a token that looks like ordinary text; this can, whatever it looks
- * like. A body without secrets is returned as the same Buffer, uncopied.
+ * like. One pass over the text, longest spelling first at each position: a token that extends
+ * another is named as itself, and no replacement is masked again (a token may be a plain word).
+ * A body without secrets is returned as the same Buffer, uncopied.
  */
 export class SecretMask {
-  readonly #tokens: Secret[];
+  readonly #tokens: Form[];
 
   constructor(tokens: readonly string[]) {
-    this.#tokens = tokens.map((token) => secretOf(token, 'token'));
+    this.#tokens = tokens.flatMap((token) => formsOf(token, 'token')).sort(longestFirst);
   }
 
   mask(body: Buffer, clientKey?: string): Buffer {
-    let out = body;
-    const secrets = clientKey ? [...this.#tokens, secretOf(clientKey, 'key')] : this.#tokens;
-    for (const secret of secrets) {
-      for (const form of secret.forms) out = replaceAll(out, form, secret.replacement);
-    }
-    return out;
+    const forms = clientKey
+      ? [...this.#tokens, ...formsOf(clientKey, 'key')].sort(longestFirst)
+      : this.#tokens;
+    return replaceAll(body, forms);
   }
 }
 
-function replaceAll(haystack: Buffer, needle: Buffer, replacement: Buffer): Buffer {
-  if (needle.length === 0) return haystack;
-  let at = haystack.indexOf(needle);
-  if (at < 0) return haystack;
+/** Replaces every occurrence of any form, scanning once from the left; ties go to the longer. */
+function replaceAll(haystack: Buffer, forms: readonly Form[]): Buffer {
+  const next = forms.map((form) => haystack.indexOf(form.bytes));
+  if (next.every((at) => at < 0)) return haystack;
   const parts: Buffer[] = [];
   let from = 0;
-  while (at >= 0) {
-    parts.push(haystack.subarray(from, at), replacement);
-    from = at + needle.length;
-    at = haystack.indexOf(needle, from);
+  for (;;) {
+    let best = -1;
+    let bestAt = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < forms.length; i++) {
+      let at = next[i] ?? -1;
+      if (at >= 0 && at < from) {
+        at = haystack.indexOf((forms[i] as Form).bytes, from);
+        next[i] = at;
+      }
+      if (at >= 0 && at < bestAt) {
+        best = i;
+        bestAt = at;
+      }
+    }
+    const form = forms[best];
+    if (form === undefined) break;
+    parts.push(haystack.subarray(from, bestAt), form.replacement);
+    from = bestAt + form.bytes.length;
   }
   parts.push(haystack.subarray(from));
   return Buffer.concat(parts);
