@@ -106,16 +106,25 @@ export const RECOGNITION = '/captcha/recognition/hcaptcha';
 export const TOKEN = '/captcha/token/hcaptcha';
 export const TASKS = '/captcha/tasks';
 
-/** POSTs JSON to a captcha route as checkout-service (or `key`), with extra headers. */
+/**
+ * POSTs JSON to a captcha route as checkout-service (or `key`), with extra headers: `body`
+ * serialised, or `payload` sent byte for byte.
+ */
 export function postJson(
   g: TestGateway,
-  options: { body?: unknown; key?: string; headers?: Record<string, string>; url?: string } = {},
+  options: {
+    body?: unknown;
+    payload?: string | Buffer;
+    key?: string;
+    headers?: Record<string, string>;
+    url?: string;
+  } = {},
 ) {
   return g.app.inject({
     method: 'POST',
     url: options.url ?? RECOGNITION,
     headers: { ...authHeaders(options.key), ...options.headers },
-    payload: JSON.stringify(options.body ?? validBody()),
+    payload: options.payload ?? JSON.stringify(options.body ?? validBody()),
   });
 }
 
