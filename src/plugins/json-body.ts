@@ -29,6 +29,12 @@ export function releaseBody(request: FastifyRequest): ReadBody {
   return { raw, json };
 }
 
+const EMPTY = Buffer.alloc(0);
+
+function hasByteOrderMark(raw: Buffer): boolean {
+  return raw.length >= 3 && raw[0] === 0xef && raw[1] === 0xbb && raw[2] === 0xbf;
+}
+
 /**
  * Two stages of the pipeline. Reading: JSON is the only body type (text/plain, a Fastify default,
  * must answer 415, not reach validation), collected as bytes. Parsing, in preValidation: UTF-8
@@ -40,7 +46,9 @@ const jsonBody: FastifyPluginAsync = async (app) => {
   app.decorateRequest('jsonBody', undefined);
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
-    const raw = body as Buffer;
+    // A UTF-8 byte order mark is not JSON (RFC 8259 §8.1: parsers may ignore it): it is dropped
+    // here, so the key, the raw-bytes hit and the forwarded bytes all start at the JSON text.
+    const raw = hasByteOrderMark(body as Buffer) ? (body as Buffer).subarray(3) : (body as Buffer);
     request.rawBody = raw;
     request.report.body_bytes = raw.length;
     request.inflightHold?.shrinkTo(raw.length);
@@ -48,13 +56,16 @@ const jsonBody: FastifyPluginAsync = async (app) => {
   });
 
   app.addHook('preValidation', (request, reply, done) => {
-    const raw = request.rawBody;
-    if (raw === undefined || reply.sent) return done();
+    if (reply.sent) return done();
+    const raw = request.rawBody ?? (request.routeOptions.schema?.body ? EMPTY : undefined);
+    if (raw === undefined) return done();
+    // No content-type and no body skips the parser; for a route that takes a body it is empty.
     if (raw.length === 0) {
       return done(new GatewayError('bad_request', 'request body is empty; expected a JSON object'));
     }
     // JSON text is UTF-8 (RFC 8259 §8.1); decoding other bytes would forward U+FFFD instead.
-    if (!isUtf8(raw)) return done(new GatewayError('bad_request', 'request body is not valid UTF-8'));
+    if (!isUtf8(raw))
+      return done(new GatewayError('bad_request', 'request body is not valid UTF-8'));
     const parsed = parseJsonText(raw.toString('utf8'));
     if (!parsed.ok) return done(new GatewayError('bad_request', parsed.problem));
     const { value } = parsed;
