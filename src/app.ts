@@ -28,6 +28,7 @@ import tasks from './plugins/tasks.ts';
 import upstreamPlugin from './plugins/upstream.ts';
 import usagePlugin, { usageRoutes } from './plugins/usage.ts';
 import captchaRoutes from './routes/captcha.ts';
+import { tidyOpenApiDocument } from './routes/responses.ts';
 import { UpstreamClient } from './upstream/client.ts';
 import { UpstreamGate } from './upstream/gate.ts';
 import { RetryBudget } from './upstream/retry-budget.ts';
@@ -198,7 +199,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(swagger, {
     openapi: OPENAPI_INFO,
     transform: jsonSchemaTransform,
-    transformObject: jsonSchemaTransformObject,
+    // The type provider emits an input and an output twin of each schema; keep one of each.
+    transformObject: (document) =>
+      tidyOpenApiDocument(jsonSchemaTransformObject(document) as Partial<OpenAPIV3.Document>),
   });
 
   // The request pipeline, stage by stage in the order a request meets them; each stage is the
