@@ -315,9 +315,18 @@ export function gateHold(g: TestGateway) {
       const res = await postJson(g, { key: OTHER_CLIENT_KEY, body: validBody({ question }) });
       if (res.statusCode !== 200) throw new Error(`the slot-taking request got ${res.statusCode}`);
     },
-    /** Resolves once `count` calls wait at the gate. */
+    /** Resolves once `count` calls wait at the gate (a bound on waiting, not a timing claim). */
     async queued(count: number): Promise<void> {
-      await expect.poll(() => metricSum(g, 'gateway_upstream_queued')).toBe(count);
+      await expect
+        .poll(() => metricSum(g, 'gateway_upstream_queued'), { timeout: 10_000 })
+        .toBe(count);
+    },
+    /** Lets every waiting call start, one a second, and resolves when the gate is empty. */
+    async releaseAll(): Promise<void> {
+      for (let left = await metricSum(g, 'gateway_upstream_queued'); left > 0; left--) {
+        vi.advanceTimersByTime(1_000);
+        await this.queued(left - 1);
+      }
     },
     /** Lets one more call start. */
     next(): void {
