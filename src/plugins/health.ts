@@ -14,6 +14,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** Adds a named check that `/readyz` runs; a plugin owning a dependency registers its own. */
     addReadinessCheck(name: string, check: ReadinessCheck): void;
+    /** Runs every check: name → what it found (undefined: all is well). For /readyz and metrics. */
+    runReadinessChecks(): Promise<ReadonlyMap<string, CheckResult>>;
     /** Turns /readyz to 503 and refuses new requests; app.close() does it too (preClose). */
     startDraining(): void;
     readonly draining: boolean;
@@ -29,10 +31,7 @@ const readinessSchema = z
   .object({
     status: z.enum(['ready', 'degraded', 'not_ready']),
     checks: z
-      .record(
-        z.string(),
-        z.object({ status: z.enum(['degraded', 'failing']), detail: z.string() }),
-      )
+      .record(z.string(), z.object({ status: z.enum(['degraded', 'failing']), detail: z.string() }))
       .meta({ description: 'check name → what is wrong; empty when all is well' }),
   })
   .meta({ id: 'Readiness' });
@@ -50,6 +49,11 @@ const health: FastifyPluginAsync = async (app) => {
 
   app.decorate('addReadinessCheck', (name: string, check: ReadinessCheck) => {
     checks.set(name, check);
+  });
+  app.decorate('runReadinessChecks', async () => {
+    const results = new Map<string, CheckResult>();
+    for (const [name, check] of checks) results.set(name, await check());
+    return results;
   });
   app.decorate('startDraining', () => {
     draining = true;
@@ -76,9 +80,13 @@ const health: FastifyPluginAsync = async (app) => {
     if (!draining || request.routeOptions.config.servedWhileDraining) return done();
     reply.header('connection', 'close');
     done(
-      new GatewayError('upstream_unavailable', 'the gateway is shutting down; retry on another instance', {
-        headers: { 'retry-after': '1' },
-      }),
+      new GatewayError(
+        'upstream_unavailable',
+        'the gateway is shutting down; retry on another instance',
+        {
+          headers: { 'retry-after': '1' },
+        },
+      ),
     );
   });
 
@@ -109,8 +117,7 @@ const health: FastifyPluginAsync = async (app) => {
     },
     async (_request, reply) => {
       const found: Record<string, { status: 'degraded' | 'failing'; detail: string }> = {};
-      for (const [name, check] of checks) {
-        const result = await check();
+      for (const [name, result] of await app.runReadinessChecks()) {
         if (result !== undefined) found[name] = result;
       }
       const results = Object.values(found);

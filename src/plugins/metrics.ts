@@ -14,15 +14,17 @@ export interface MetricsPluginOptions {
 
 /**
  * Counts every completed request: status, latency, cache outcome, billing and which limit refused
- * it. The `/metrics` route itself is served on the admin port (ops-routes).
+ * it, and reports each readiness check. The `/metrics` route itself is served on the admin port
+ * (ops-routes).
  */
 const metricsPlugin: FastifyPluginAsync<MetricsPluginOptions> = async (app, { metrics }) => {
   app.decorate('metrics', metrics);
   app.onRequestCompleted(metrics.observe);
+  metrics.readReadinessFrom(() => app.runReadinessChecks());
 };
 
 export default fp(metricsPlugin, {
   name: 'metrics',
   fastify: '5.x',
-  dependencies: ['request-context'],
+  dependencies: ['request-context', 'health'],
 });

@@ -114,7 +114,10 @@ export function completeRequest(
   const durationMs = performance.now() - report[kStartedAt];
   const route = request.routeOptions.url ?? 'unmatched';
   const failed = details.error != null || status >= 500;
-  const level = failed ? 'warn' : request.routeOptions.config?.quietLog ? 'debug' : 'info';
+  // Probes (and scrapes) arrive every few seconds on every replica: debug whatever they answer
+  // (a draining /readyz is 503 by design), unless writing the answer itself failed.
+  const quiet = request.routeOptions.config?.quietLog === true && details.error == null;
+  const level = quiet ? 'debug' : failed ? 'warn' : 'info';
   request.log[level](
     {
       client: report.client,
@@ -159,7 +162,13 @@ export function completeUnparsedRequest(
   clientError: string | undefined,
 ): void {
   app.log.info(
-    { trace_id: traceId, route: 'unmatched', status, error_code: errorCode, client_error: clientError },
+    {
+      trace_id: traceId,
+      route: 'unmatched',
+      status,
+      error_code: errorCode,
+      client_error: clientError,
+    },
     'request completed',
   );
   notify(app, {
