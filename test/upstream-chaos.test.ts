@@ -3,7 +3,7 @@
 // escapes as an unhandled rejection or as anything but a solution, the upstream's last 5xx passed
 // through, or a GatewayError the contract lists. With a retry budget, retries never exceed it.
 // Bounded (within) and event-driven: no wall-clock assertions.
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, it, vi } from 'vitest';
 import { type FakeUpstream, type Fault, startFakeUpstream } from '../dev/fake-upstream.ts';
 import { GATEWAY_ERRORS, GatewayError } from '../src/errors.ts';
 import { type UpstreamCall, UpstreamClient } from '../src/upstream/client.ts';
@@ -13,6 +13,11 @@ import { within } from './helpers.ts';
 
 const REQUESTS = 500;
 const CONCURRENCY = 25;
+/** Deadlines are not under test: generous enough for a machine with two busy processes beside. */
+const DEADLINE_MS = 30_000;
+
+// The bound on each run is within() below; vitest's 5 s default would cut a loaded run short.
+vi.setConfig({ testTimeout: 120_000 });
 const TOKENS = ['chaos-token-a', 'chaos-token-b'];
 
 /** Transient faults only. A 429 asks for no wait: token cool-downs are the client tests' subject. */
@@ -50,7 +55,7 @@ function chaosClient(options: { retryBudget?: RetryBudget; breakerThreshold?: nu
   const client = new UpstreamClient({
     baseUrl: fake.url,
     tokens: TOKENS,
-    timeoutMs: 5_000,
+    timeoutMs: DEADLINE_MS,
     maxConnections: CONCURRENCY,
     maxRetries: 2,
     backoff: { initialDelayMs: 2, maxDelayMs: 20 },
@@ -76,7 +81,7 @@ function newCall(i: number): UpstreamCall {
     expect: 'solution',
     traceId: `chaos-${i}`,
     clientId: `client-${i % 3}`,
-    deadline: Date.now() + 5_000,
+    deadline: Date.now() + DEADLINE_MS,
     report: { retries: 0 },
     log: { error: ignore, warn: ignore },
   };
@@ -110,7 +115,7 @@ async function runAll(client: UpstreamClient): Promise<Outcome[]> {
   };
   await within(
     Promise.all(Array.from({ length: CONCURRENCY }, worker)),
-    60_000,
+    90_000,
     `${REQUESTS} chaos calls`,
   );
   // Let any stray rejection surface (one turn of the event loop) before checking.

@@ -481,6 +481,16 @@ describe('circuit breaker', () => {
     return { upstream, states };
   }
 
+  /** The 503 of an open breaker whose 30 s cool-down began after `openedAfter` (real clock). */
+  function expectOpenSince(result: unknown, openedAfter: number): void {
+    expect(result).toMatchObject({ code: 'upstream_unavailable', statusCode: 503 });
+    const seconds = Number((result as GatewayError).headers['retry-after']);
+    expect(seconds).toBeLessThanOrEqual(30);
+    expect(seconds).toBeGreaterThanOrEqual(
+      Math.ceil((30_000 - (Date.now() - openedAfter)) / 1_000),
+    );
+  }
+
   const isOpenAnswer = (result: unknown, retryAfter: string) =>
     expect(result).toMatchObject({
       code: 'upstream_unavailable',
@@ -496,11 +506,12 @@ describe('circuit breaker', () => {
       baseUrl: closed.url,
       events: { onAttempt: (s) => attempts.push(s), onCircuitState: (s) => states.push(s) },
     });
+    const started = Date.now();
     for (let i = 0; i < 2; i++) {
       expect(await outcome(upstream.call(newCall()))).toMatchObject({ code: 'upstream_error' });
     }
     expect(upstream.circuitState()).toBe('open');
-    isOpenAnswer(await outcome(upstream.call(newCall())), '30');
+    expectOpenSince(await outcome(upstream.call(newCall())), started);
     expect(attempts).toEqual(['error', 'error']);
   });
 
@@ -509,9 +520,10 @@ describe('circuit breaker', () => {
     async (status) => {
       const { upstream, states } = breakerClient(2);
       fake.setDefaultFault({ kind: 'status', status });
+      const started = Date.now();
       for (let i = 0; i < 2; i++) expect((await upstream.call(newCall())).status).toBe(status);
       expect(states).toEqual(['open']);
-      isOpenAnswer(await outcome(upstream.call(newCall())), '30');
+      expectOpenSince(await outcome(upstream.call(newCall())), started);
       expect(fake.callCount()).toBe(2);
     },
   );
