@@ -5,7 +5,7 @@
  * upstream, and classifies the answer as the SDK would.
  */
 import type { LightMyRequestResponse } from 'fastify';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
   CLIENT_KEY,
   gatewayTest,
@@ -27,6 +27,10 @@ import {
   tsSdk,
   type WireRequest,
 } from './requests.ts';
+
+// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
+// the machine's cores.
+vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 
 const sdk = tsSdk();
 const recognition = (n = 0) =>
@@ -178,9 +182,9 @@ describe('RateLimitError: 429 too_many_requests, with retry-after', () => {
     gatewayTest(
       'a second request while the first waits on the upstream',
       async ({ gateway: g }) => {
-        g.fake.setLatency(1_000);
+        g.fake.setLatency(3_000);
         const first = send(g, recognition(1));
-        await within(g.fake.waitForCalls(1), 5_000, 'the first upstream call');
+        await within(g.fake.waitForCalls(1), 20_000, 'the first upstream call');
         const res = await send(g, recognition(2));
         expectSdkError(res, {
           errorClass: 'RateLimitError',
@@ -274,6 +278,18 @@ describe('APIError: everything else', () => {
     expectGatewayEnvelope(res);
     expect(g.fake.callCount()).toBe(0);
   });
+
+  gatewayTest(
+    '404 no_api from the upstream itself: passed through as it came',
+    async ({ gateway: g }) => {
+      g.fake.enqueueFaults({ kind: 'status', status: 404, code: 'no_api', path: TOKEN });
+      const res = await send(g, sdk.token(SITE));
+      const error = expectSdkError(res, { errorClass: 'APIError', status: 404, code: 'no_api' });
+      expect(error.retried).toBe(false);
+      expect(error.message).toBe('API does not exist, please make sure url is correct.');
+      expect(g.fake.callCount()).toBe(1);
+    },
+  );
 
   gatewayTest("404 not_found: another client's task", async ({ gateway: g }) => {
     const created = (await send(g, sdk.token({ ...SITE, async: true }))).json();

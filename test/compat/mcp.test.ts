@@ -4,7 +4,7 @@
  * Errors come back as {"error": "Authentication Error" | "API Error", "message"}: the message is all
  * the model sees, so the gateway's messages must say what happened.
  */
-import { describe, expect } from 'vitest';
+import { describe, expect, vi } from 'vitest';
 import { gatewayTest, PNG_1X1, UPSTREAM_TOKEN } from '../helpers.ts';
 import {
   forwardedCall,
@@ -16,6 +16,10 @@ import {
   TASKS,
   TOKEN,
 } from './requests.ts';
+
+// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
+// the machine's cores.
+vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 
 const QUESTION = 'Please click each image containing a bus';
 const SITE = {

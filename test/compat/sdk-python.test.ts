@@ -3,7 +3,7 @@
  * Python's `", "` / `": "` separators with non-ASCII escaped before httpx 0.28, compact raw UTF-8
  * from 0.28 on; both are accepted and forwarded byte for byte.
  */
-import { describe, expect } from 'vitest';
+import { describe, expect, vi } from 'vitest';
 import { gatewayTest, PNG_1X1 } from '../helpers.ts';
 import {
   forwardedCall,
@@ -17,6 +17,10 @@ import {
   tsSdk,
   type WireRequest,
 } from './requests.ts';
+
+// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
+// the machine's cores.
+vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 
 const QUESTION = '请点击每一张包含公交车的图片';
 /** The same text as Python's json.dumps writes it by default (ensure_ascii). */

@@ -3,7 +3,7 @@
  * reaches an hCaptcha endpoint, sent as the SDK sends it (requests.ts), forwarded as it was
  * written, and answered with what the SDK's caller reads.
  */
-import { describe, expect } from 'vitest';
+import { describe, expect, vi } from 'vitest';
 import { gatewayTest, OTHER_CLIENT_KEY, PNG_1X1, within } from '../helpers.ts';
 import {
   forwardedCall,
@@ -15,6 +15,10 @@ import {
   tsSdk,
   type WireRequest,
 } from './requests.ts';
+
+// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
+// the machine's cores.
+vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 
 const sdk = tsSdk();
 const QUESTION = 'Please click each image containing a bus';
@@ -222,9 +226,9 @@ describe('a retry that arrives while the first call is still in flight joins it'
   gatewayTest('original and retry, both waiting: one upstream call', async ({ gateway: g }) => {
     // Long enough that the retry, sent as soon as the upstream has the first call, arrives
     // before the answer; the test waits on events, not on this time.
-    g.fake.setLatency(2_000);
+    g.fake.setLatency(3_000);
     const original = send(g, request);
-    await within(g.fake.waitForCalls(1), 5_000, 'the first upstream call');
+    await within(g.fake.waitForCalls(1), 20_000, 'the first upstream call');
     const retry = await send(g, request);
     const first = await original;
     expect(retry.statusCode).toBe(200);
@@ -243,10 +247,10 @@ describe('a retry that arrives while the first call is still in flight joins it'
       const post = (signal?: AbortSignal) =>
         fetch(url, { method: 'POST', headers: request.headers, body: request.body, signal });
 
-      g.fake.setLatency(2_000);
+      g.fake.setLatency(3_000);
       const timeout = new AbortController();
       const first = post(timeout.signal);
-      await within(g.fake.waitForCalls(1), 5_000, 'the first upstream call');
+      await within(g.fake.waitForCalls(1), 20_000, 'the first upstream call');
       timeout.abort();
       await expect(first).rejects.toThrow();
       const retry = await post();
