@@ -137,13 +137,21 @@ export function deriveLimits(env: EnvConfig, memoryBytes = machineMemoryBytes())
   };
 }
 
-/** Settings that are each valid but do not make sense together. */
-function crossProblems(env: EnvConfig): string[] {
+/**
+ * Settings that are each valid but do not make sense together. Takes what did parse (a setting
+ * that did not is undefined and its checks are skipped), so these are reported together with
+ * every other problem.
+ */
+function crossProblems(env: Partial<EnvConfig>): string[] {
   const problems: string[] = [];
-  if (env.ADMIN_PORT !== 0 && env.ADMIN_PORT === env.PORT) {
+  if (env.ADMIN_PORT !== undefined && env.ADMIN_PORT !== 0 && env.ADMIN_PORT === env.PORT) {
     problems.push('ADMIN_PORT: must differ from PORT (the admin port keeps metrics private)');
   }
-  if (env.SHUTDOWN_TIMEOUT_MS < env.UPSTREAM_TIMEOUT_MS) {
+  if (
+    env.SHUTDOWN_TIMEOUT_MS !== undefined &&
+    env.UPSTREAM_TIMEOUT_MS !== undefined &&
+    env.SHUTDOWN_TIMEOUT_MS < env.UPSTREAM_TIMEOUT_MS
+  ) {
     problems.push(
       'SHUTDOWN_TIMEOUT_MS: must be at least UPSTREAM_TIMEOUT_MS, or a drain cuts in-flight calls short',
     );
@@ -156,7 +164,7 @@ function crossProblems(env: EnvConfig): string[] {
   }
   for (const name of ['INFLIGHT_BYTES_MAX', 'CLIENT_INFLIGHT_BYTES_MAX'] as const) {
     const value = env[name];
-    if (value !== undefined && value < env.BODY_LIMIT_BYTES) {
+    if (value !== undefined && env.BODY_LIMIT_BYTES !== undefined && value < env.BODY_LIMIT_BYTES) {
       problems.push(
         `${name}: must be at least BODY_LIMIT_BYTES, or a full-size body is always refused`,
       );
@@ -202,10 +210,25 @@ function describeIssues(issues: readonly z.core.$ZodIssue[], known: Record<strin
 export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
   const known = knownSettings(env, Object.keys(configSchema.shape));
   const result = configSchema.safeParse(known);
-  if (!result.success) throw new ConfigError(describeIssues(result.error.issues, known));
-  const problems = crossProblems(result.data);
-  if (problems.length > 0) throw new ConfigError(problems);
-  return { ...result.data, derived: deriveLimits(result.data) };
+  if (result.success) {
+    const problems = crossProblems(result.data);
+    if (problems.length > 0) throw new ConfigError(problems);
+    return { ...result.data, derived: deriveLimits(result.data) };
+  }
+  throw new ConfigError([
+    ...describeIssues(result.error.issues, known),
+    ...crossProblems(parsedFields(known)),
+  ]);
+}
+
+/** Each setting parsed on its own; those that fail are left out. */
+function parsedFields(known: Record<string, string>): Partial<EnvConfig> {
+  const values: Record<string, unknown> = {};
+  for (const [name, schema] of Object.entries(configSchema.shape)) {
+    const result = schema.safeParse(known[name]);
+    if (result.success) values[name] = result.data;
+  }
+  return values as Partial<EnvConfig>;
 }
 
 /**
