@@ -453,6 +453,27 @@ describe('token pool', () => {
     expect(fake.calls.map((c) => c.token)).toEqual([TOKEN_A, TOKEN_B, TOKEN_B, TOKEN_A, TOKEN_B]);
   });
 
+  it('does not take a 5xx on a rechecked token as proof that it works', async () => {
+    useFakeClock();
+    const states: string[] = [];
+    const upstream = client({
+      tokens: [TOKEN_A, TOKEN_B],
+      tokenRecheckMs: 60_000,
+      maxRetries: 0,
+      events: { onTokenState: (_fp, state) => states.push(state) },
+    });
+    fake.revokeToken(TOKEN_A, 'used_up');
+    expect(await outcome(upstream.call(newCall()))).toMatchObject({ status: 200 });
+    await vi.advanceTimersByTimeAsync(60_000);
+    // The recheck of A meets an upstream outage: A stays out, and is rechecked again later.
+    fake.enqueueFaults({ kind: 'status', status: 503 });
+    const outage = await outcome(upstream.call(newCall({ deadline: Date.now() + 5_000 })));
+    expect(outage).toMatchObject({ status: 503 });
+    expect(fake.calls.map((c) => c.token)).toEqual([TOKEN_A, TOKEN_B, TOKEN_A]);
+    expect(upstream.tokenState()).toEqual({ usable: 1, total: 2 });
+    expect(states).toEqual(['disabled']);
+  });
+
   it('refuses a token listed twice at start-up (it would double the gate rate on one token)', () => {
     expect(() => loadConfig({ ACEDATA_API_TOKEN: 't,t' })).toThrow(ConfigError);
     try {
@@ -629,6 +650,23 @@ describe('circuit breaker', () => {
     expect(await probe.result).toMatchObject({ status: 200 });
     expect(upstream.circuitState()).toBe('closed');
     expect(states).toEqual(['open', 'half_open', 'closed']);
+  });
+
+  it('keeps the probe for a call that can reach the upstream: one without time left is answered 504', async () => {
+    useFakeClock();
+    const { upstream, states } = breakerClient(1, { breakerCooldownMs: 10_000, minAttemptMs: 200 });
+    fake.enqueueFaults({ kind: 'status', status: 503 });
+    expect(await outcome(upstream.call(newCall()))).toMatchObject({ status: 503 });
+    await vi.advanceTimersByTimeAsync(10_000);
+    const late = await outcome(upstream.call(newCall({ deadline: Date.now() + 100 })));
+    expect(late).toMatchObject({ code: 'timeout', statusCode: 504 });
+    expect(upstream.circuitState()).toBe('half_open');
+    expect(fake.callCount()).toBe(1);
+    fake.enqueueFaults({ kind: 'status', status: 503 });
+    expect(await outcome(upstream.call(newCall({ deadline: Date.now() + 5_000 })))).toMatchObject({
+      status: 503,
+    });
+    expect(states).toEqual(['open', 'half_open', 'open']);
   });
 
   it('re-opens for another cool-down when the probe fails', async () => {

@@ -9,6 +9,7 @@ import {
   isUpstreamFault,
   type JudgedReply,
   retryPolicyFor,
+  TRANSIENT_STATUSES,
   transientReason,
 } from './policy.ts';
 import { credentialProblem, judgeReply, parseJson, upstreamErrorCode } from './reply.ts';
@@ -164,6 +165,16 @@ export class UpstreamClient {
   async call(call: UpstreamCall): Promise<UpstreamReply> {
     if (!this.#tokens.hasCandidate()) throw this.#noUsableToken(call, this.#lastRejection);
     if (this.#breaker.rejectsNow()) throw this.#circuitOpen();
+    // A request that spent its deadline in queues and merges is answered now rather than sent to
+    // be cut off (retries are held to the same rule by the policy). Checked before the breaker
+    // runs it: a half-open breaker must not take such a call as its probe, which would close it
+    // without the upstream having been asked.
+    if (Date.now() + this.#minAttemptMs > call.deadline) {
+      throw new GatewayError(
+        'timeout',
+        'too little of the request deadline is left to call the upstream',
+      );
+    }
 
     const deadline = new AbortController();
     const timer = setTimeout(
@@ -220,14 +231,6 @@ export class UpstreamClient {
     signal: AbortSignal,
   ): Promise<UpstreamReply> {
     for (;;) {
-      // The first attempt too: a request that spent its deadline in queues and merges is answered
-      // now rather than sent to be cut off (retries are held to the same rule by the policy).
-      if (Date.now() + this.#minAttemptMs > call.deadline) {
-        throw new GatewayError(
-          'timeout',
-          'too little of the request deadline is left to call the upstream',
-        );
-      }
       const entry = this.#tokens.pick({ avoid: state.last, exclude: state.rejected });
       if (entry === undefined) throw this.#noUsableToken(call, state.lastRejection);
       state.last = entry;
@@ -239,7 +242,11 @@ export class UpstreamClient {
         : send());
       const problem = credentialProblem(reply);
       if (problem === undefined) {
-        if (this.#tokens.accept(entry)) this.#tokenState(call, entry, 'enabled', undefined);
+        // A transient answer (5xx, 429, 408) may come before the token is even looked at.
+        const vouches = !TRANSIENT_STATUSES.has(reply.status);
+        if (vouches && this.#tokens.accept(entry)) {
+          this.#tokenState(call, entry, 'enabled', undefined);
+        }
         if (reply.status === 429) {
           const wait = retryAfterMs(reply.retryAfter) ?? RESILIENCE_DEFAULTS.defaultCoolDownMs;
           this.#tokens.coolDown(entry, Date.now() + wait);
