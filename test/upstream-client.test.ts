@@ -453,6 +453,44 @@ describe('token pool', () => {
     expect(fake.calls.map((c) => c.token)).toEqual([TOKEN_A, TOKEN_B, TOKEN_B, TOKEN_A, TOKEN_B]);
   });
 
+  it("lowers the gate's rate at once when a token leaves rotation (rate per usable token)", async () => {
+    useFakeClock();
+    const gate = new UpstreamGate({
+      ratePerSecond: 2,
+      maxConcurrency: 10,
+      maxQueued: 10,
+      minAttemptMs: 100,
+    });
+    const disabled = new Promise<void>((resolve) => {
+      client({
+        tokens: [TOKEN_A, TOKEN_B],
+        gate,
+        ratePerToken: 1,
+        events: { onTokenState: () => resolve() },
+      });
+    });
+    const upstream = clients.at(-1) as UpstreamClient;
+    fake.revokeToken(TOKEN_A, 'used_up');
+    const first = track(upstream.call(newCall({ deadline: Date.now() + 5_000 })));
+    await disabled;
+    // One token left: 1 call a second, and A's rejected call is in the window.
+    await vi.advanceTimersByTimeAsync(999);
+    expect(fake.callCount()).toBe(1);
+    expect(gate.load.queued).toBe(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await first.result).toMatchObject({ status: 200 });
+    const second = track(upstream.call(newCall({ deadline: Date.now() + 5_000 })));
+    await vi.advanceTimersByTimeAsync(999);
+    expect(fake.callCount()).toBe(2);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await second.result).toMatchObject({ status: 200 });
+    expect(fake.calls.map((c) => [c.token, c.at - (fake.calls[0]?.at ?? 0)])).toEqual([
+      [TOKEN_A, 0],
+      [TOKEN_B, 1_000],
+      [TOKEN_B, 2_000],
+    ]);
+  });
+
   it('does not take a 5xx on a rechecked token as proof that it works', async () => {
     useFakeClock();
     const states: string[] = [];
