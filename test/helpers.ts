@@ -162,9 +162,13 @@ export const gatewayTest = test
 /** An HTTP/1.1 response read off a raw socket. */
 export interface RawResponse {
   status: number;
+  /** `HTTP/1.1 408 Request Timeout`, reason phrase included. */
+  statusLine: string;
   /** Lower-case names; a repeated header keeps its last value. */
   headers: Record<string, string>;
   body: string;
+  /** The whole response as received (latin1), for scanning. */
+  raw: string;
 }
 
 /** A raw client connection: exact bytes out, the first response in, and the close seen. */
@@ -244,7 +248,8 @@ function parseRawResponse(received: Buffer): RawResponse | undefined {
   const length = Number(headers['content-length'] ?? 0);
   if (received.length < end + 4 + length) return undefined;
   const body = received.toString('utf8', end + 4, end + 4 + length);
-  return { status: Number(statusLine.split(' ')[1]), headers, body };
+  const raw = received.toString('latin1', 0, end + 4 + length);
+  return { status: Number(statusLine.split(' ')[1]), statusLine, headers, body, raw };
 }
 
 /** Makes the gateway's API server listen on 127.0.0.1, port 0; resolves with the port. */
