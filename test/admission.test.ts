@@ -226,6 +226,17 @@ describe('bytes in flight', () => {
     },
   );
 
+  test('a body over BODY_LIMIT_BYTES gets 413, not 429: it counts at most the limit', async ({
+    gateway: g,
+  }) => {
+    const tooLarge = await sendBytes(g, 8000, 'too large');
+    expect(tooLarge.statusCode).toBe(413);
+    expect(tooLarge.json().error.code).toBe('request_too_large');
+    expect(completionOf(g, tooLarge)?.limit).toBeUndefined();
+    expect(g.fake.callCount()).toBe(0);
+    expect(await metricSum(g, 'gateway_inflight_bytes')).toBe(0);
+  });
+
   test(
     'are released when the client leaves before its answer',
     RELEASES,

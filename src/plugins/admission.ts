@@ -35,7 +35,12 @@ const admission: FastifyPluginAsync<AdmissionOptions> = async (app, options) => 
     const client = request.client;
     if (!client) return done();
     const length = Number(request.headers['content-length']);
-    const bytes = Number.isSafeInteger(length) && length >= 0 ? length : options.bodyLimit;
+    // At most the body limit: a longer body is refused with 413 as soon as it is read, so counting
+    // all of it here would answer 429 "retry later" to a request that can never succeed.
+    const bytes =
+      Number.isSafeInteger(length) && length >= 0
+        ? Math.min(length, options.bodyLimit)
+        : options.bodyLimit;
     try {
       const hold = limits.admit(client.id, client.maxInFlight ?? options.defaultMaxInFlight, bytes);
       reply.raw.once('close', hold.release);
