@@ -1,18 +1,12 @@
 // Shared helpers of the reliability suite (npm run test:reliability): figures, seeded randomness,
-// images, a streaming secret scanner, a /metrics parser, the error-envelope check, raw sockets,
-// and the real server process.
-import { type ChildProcess, spawn } from 'node:child_process';
-import { connect } from 'node:net';
-import { fileURLToPath } from 'node:url';
-import type { FastifyInstance } from 'fastify';
-import type { TestGateway } from '../helpers.ts';
-
-export { within } from '../helpers.ts';
-
+// images, a streaming secret scanner, a /metrics parser, the error-envelope checks, raw sockets,
+// a held upstream, and memory samples. The request helper, `within`, the gateway fixture and the
+// server-process spawner are the project's shared ones (test/helpers.ts, test/support/).
+import { once } from 'node:events';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { type AddressInfo, connect, type Socket } from 'node:net';
 import { mulberry32 } from '../../dev/fake-upstream.ts';
-
-export const RECOGNITION = '/captcha/recognition/hcaptcha';
-export const TASKS = '/captcha/tasks';
+import type { RawResponse, TestGateway } from '../helpers.ts';
 
 /** Prints one part's figures as a single JSON line (docs/reliability.md quotes these lines). */
 export function report(part: string, figures: Record<string, unknown>): void {
@@ -43,7 +37,38 @@ export function budget(ms: number): number {
   return Math.max(1_000, Math.min(ms, DEADLINE - Date.now()));
 }
 
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+/** Paces a sender (one request every so often); never used to wait for something to happen. */
+export const pause = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Counts events (answers received) and lets a scenario wait for the n-th: a run's phases are
+ * bounded by how many requests were answered, not by how long it ran, so a slower (busier)
+ * machine runs the same scenario, only longer.
+ */
+export class Milestones {
+  #count = 0;
+  readonly #waiting = new Set<{ at: number; resolve: () => void }>();
+
+  get count(): number {
+    return this.#count;
+  }
+
+  tick(): void {
+    this.#count++;
+    for (const waiter of this.#waiting) {
+      if (this.#count >= waiter.at) {
+        this.#waiting.delete(waiter);
+        waiter.resolve();
+      }
+    }
+  }
+
+  /** Resolves once `at` events were counted in all. */
+  reach(at: number): Promise<void> {
+    if (this.#count >= at) return Promise.resolve();
+    return new Promise((resolve) => this.#waiting.add({ at, resolve }));
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Images
@@ -53,6 +78,8 @@ const MAGIC = {
   jpeg: Buffer.from([0xff, 0xd8, 0xff, 0xe0]),
   gif: Buffer.from('GIF89a', 'latin1'),
   webp: Buffer.from('RIFF\x24\x00\x00\x00WEBPVP8 ', 'latin1'),
+  // The 14-byte BITMAPFILEHEADER: "BM", file size, two reserved words, pixel data offset.
+  bmp: Buffer.from('BM\x3a\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00', 'latin1'),
 } as const;
 export type ImageKind = keyof typeof MAGIC;
 export const IMAGE_KINDS = Object.keys(MAGIC) as ImageKind[];
@@ -97,10 +124,17 @@ export class SecretScanner {
   hitCount = 0;
   readonly scanned = { texts: 0, lines: 0, bytes: 0 };
 
-  /** A verbatim secret (token, key); `label` is what a hit reports instead of the secret. */
+  /**
+   * A verbatim secret (token, key); `label` is what a hit reports instead of the secret. Secrets
+   * are found by value whatever they look like, so a short word ("hunter2-pass") works too; below
+   * six characters ordinary text would match by chance.
+   */
   addSecret(value: string, label: string): void {
-    if (value.length < 8) throw new Error(`secret ${label} is too short to scan for`);
+    if (value.length < 6) throw new Error(`secret ${label} is too short to scan for`);
     this.#plain.set(value, label);
+    // Inside JSON (a log line, a body) a quote or backslash in the secret appears escaped.
+    const escaped = JSON.stringify(value).slice(1, -1);
+    if (escaped !== value) this.#plain.set(escaped, `${label} (JSON-escaped)`);
   }
 
   /** An image's Base64 as it was sent (no data: prefix, no wrapping). */
@@ -116,7 +150,12 @@ export class SecretScanner {
     return this.#images.size;
   }
 
-  scan(source: string, text: string): void {
+  /**
+   * `images: false` looks for tokens and keys only: an upstream error body passed through may
+   * quote the caller's own image back to it, which is not a leak, but it must never hold a token
+   * or a key (the gateway masks them by value).
+   */
+  scan(source: string, text: string, options: { images?: boolean } = {}): void {
     this.scanned.texts++;
     this.scanned.bytes += text.length;
     this.scanned.lines += countLines(text);
@@ -126,7 +165,7 @@ export class SecretScanner {
     }
     const bearer = text.search(/bearer\s+[A-Za-z0-9_]/i);
     if (bearer !== -1) this.#hit(source, 'a bearer credential', text, bearer);
-    if (this.#windows.size === 0) return;
+    if (this.#windows.size === 0 || options.images === false) return;
     for (const match of text.matchAll(BASE64_RUN)) {
       const run = match[0];
       for (let i = 0; i + SLICE <= run.length; i++) {
@@ -216,28 +255,44 @@ export function parseMetrics(text: string): MetricsSnapshot {
   };
 }
 
-export async function scrapeMetrics(app: FastifyInstance): Promise<MetricsSnapshot> {
-  const res = await app.inject({ method: 'GET', url: '/metrics' });
+/**
+ * Reads `/metrics` as text from the admin server (it is not served on the API port), for the
+ * figures (sums over label subsets, series) and for the secret scanner.
+ */
+export async function adminMetrics(g: Pick<TestGateway, 'admin'>): Promise<MetricsSnapshot> {
+  const res = await g.admin.inject({ method: 'GET', url: '/metrics' });
   if (res.statusCode !== 200) throw new Error(`/metrics answered ${res.statusCode}`);
   return parseMetrics(res.body);
 }
 
 // ---------------------------------------------------------------------------------------------
-// The error envelope (design.md → Errors the gateway itself produces)
+// The error envelope (issues 11–14 and design.md: the gateway's own errors)
 
-/** The contract's code table, written out here rather than imported from src/errors.ts. */
-export const CONTRACT_STATUS: Readonly<Record<string, number>> = {
-  bad_request: 400,
-  invalid_token: 401,
-  no_api: 404,
-  request_too_large: 413,
-  unsupported_media_type: 415,
-  too_many_requests: 429,
-  api_error: 500,
-  upstream_error: 502,
-  upstream_unavailable: 503,
-  timeout: 504,
+/**
+ * The contract's code table, written out here rather than imported from src/errors.ts: each code
+ * with the statuses it may come with. `request_too_large` is 413 for a body and 431 for headers.
+ */
+export const CONTRACT_STATUS: Readonly<Record<string, readonly number[]>> = {
+  bad_request: [400],
+  invalid_token: [401],
+  used_up: [403],
+  disabled: [403],
+  forbidden: [403],
+  not_found: [404],
+  no_api: [404],
+  request_timeout: [408],
+  request_too_large: [413, 431],
+  unsupported_media_type: [415],
+  too_many_requests: [429],
+  api_error: [500],
+  upstream_error: [502],
+  upstream_unavailable: [503],
+  timeout: [504],
 };
+
+/** True when `code` may come with `status` in the contract's table. */
+export const codeFits = (code: string, status: number): boolean =>
+  CONTRACT_STATUS[code]?.includes(status) === true;
 
 export interface Envelope {
   success: false;
@@ -277,8 +332,9 @@ export function gatewayErrorProblem(
 ): string | undefined {
   const envelope = asEnvelope(body);
   if (!envelope) return `status ${status} without the error envelope: ${body.slice(0, 120)}`;
-  const expected = CONTRACT_STATUS[envelope.error.code];
-  if (expected !== status) return `status ${status} with code ${envelope.error.code}`;
+  if (!codeFits(envelope.error.code, status)) {
+    return `status ${status} with code ${envelope.error.code}`;
+  }
   if (envelope.trace_id !== requestIdHeader) return 'trace_id differs from x-request-id';
   return undefined;
 }
@@ -287,33 +343,7 @@ export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 export const TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 // ---------------------------------------------------------------------------------------------
-// Raw sockets
-
-export interface RawResponse {
-  statusLine: string;
-  status: number;
-  headers: Record<string, string>;
-  body: string;
-  raw: string;
-}
-
-export function parseRawResponse(raw: string): RawResponse {
-  const end = raw.indexOf('\r\n\r\n');
-  const head = end === -1 ? raw : raw.slice(0, end);
-  const [statusLine = '', ...lines] = head.split('\r\n');
-  const headers: Record<string, string> = {};
-  for (const line of lines) {
-    const colon = line.indexOf(':');
-    if (colon > 0) headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim();
-  }
-  return {
-    statusLine,
-    status: Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1] ?? 0),
-    headers,
-    body: end === -1 ? '' : raw.slice(end + 4),
-    raw,
-  };
-}
+// Raw sockets (the connection itself: rawConnection in test/helpers.ts)
 
 /**
  * What the gateway answers to a request Node's HTTP parser rejects (it never reaches a route):
@@ -326,7 +356,7 @@ export const CLIENT_ERRORS: Readonly<
   400: { reason: 'Bad Request', code: 'bad_request', message: 'malformed HTTP request' },
   408: {
     reason: 'Request Timeout',
-    code: 'bad_request',
+    code: 'request_timeout',
     message: 'the request was not received in full within the request timeout',
   },
   431: { reason: 'Request Header Fields Too Large', code: 'request_too_large' },
@@ -341,15 +371,12 @@ export function isClientErrorAnswer(res: RawResponse): boolean {
 }
 
 /**
- * A problem with the answer to a request the HTTP parser rejected, or undefined: one of the
- * statuses in CLIENT_ERRORS with its reason phrase, exactly the envelope with that status's code
- * (and message), `x-request-id` a fresh UUID equal to `trace_id`, `connection: close`, a JSON
- * content type, and `content-length` equal to the body's length.
- */
-/**
- * Checks an answer written by the gateway's client error handler. `ownTraceId`: the request was
- * read far enough to be routed (e.g. a slow body), so the answer carries its own trace id;
- * otherwise the request was unreadable and gets a fresh UUID.
+ * A problem with an answer written by the gateway's client error handler, or undefined: one of
+ * the statuses in CLIENT_ERRORS with its reason phrase, exactly the envelope with that status's
+ * code (and message), `x-request-id` equal to `trace_id`, `connection: close`, a JSON content
+ * type, and `content-length` equal to the body's length. `ownTraceId`: the request was read far
+ * enough to be routed (a slow body), so the answer carries its own trace id; otherwise the
+ * request was unreadable and gets a fresh UUID.
  */
 export function clientErrorProblem(res: RawResponse, ownTraceId?: string): string | undefined {
   const expected = CLIENT_ERRORS[res.status];
@@ -378,29 +405,10 @@ export function clientErrorProblem(res: RawResponse, ownTraceId?: string): strin
   if (res.headers['content-type'] !== 'application/json; charset=utf-8') {
     return `content-type: ${res.headers['content-type']}`;
   }
-  if (Number(res.headers['content-length']) !== Buffer.byteLength(res.body, 'latin1')) {
+  if (Number(res.headers['content-length']) !== Buffer.byteLength(res.body)) {
     return `content-length ${res.headers['content-length']} for a ${res.body.length}-byte body`;
   }
   return undefined;
-}
-
-/** Writes `data` on a fresh connection and collects everything until the server closes it. */
-export function rawExchange(port: number, data: Buffer | string, timeoutMs = 5_000) {
-  return new Promise<RawResponse>((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1');
-    const chunks: Buffer[] = [];
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error(`no complete answer within ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.on('error', () => {});
-    socket.on('close', () => {
-      clearTimeout(timer);
-      resolve(parseRawResponse(Buffer.concat(chunks).toString('latin1')));
-    });
-    socket.write(data);
-  });
 }
 
 /** Resolves when a TCP connection to the port is accepted, rejects with its error otherwise. */
@@ -416,48 +424,86 @@ export function tryConnect(port: number): Promise<'connected'> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The real server process (src/server.ts), as in test/server-process.test.ts
+// A held upstream: answers nothing until the test releases it
 
-const SERVER = fileURLToPath(new URL('../../src/server.ts', import.meta.url));
-
-export interface ServerProcess {
-  child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** The port from Fastify's "Server listening at …" line (PORT=0). */
-  port(): Promise<number>;
+export interface HeldCall {
+  authorization: string | undefined;
+  requestId: string | undefined;
+  body: string;
 }
 
-/** Spawns the entry point with exactly `env` (nothing inherited). Kill it in a finally. */
-export function startServerProcess(env: Record<string, string>, cwd: string): ServerProcess {
-  const child = spawn(process.execPath, [SERVER], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('close', (code, signal) => resolve({ code, signal }));
-  });
-  const port = () =>
-    new Promise<number>((resolve, reject) => {
-      const check = () => {
-        const match = /"msg":"Server listening at http:\/\/127\.0\.0\.1:(\d+)"/.exec(stdout);
-        if (!match) return;
-        child.stdout?.off('data', check);
-        resolve(Number(match[1]));
-      };
-      child.stdout?.on('data', check);
-      check();
-      exited.then(({ code, signal }) =>
-        reject(new Error(`server exited (${code ?? signal}) before listening:\n${stderr}`)),
-      );
+export interface HeldUpstream {
+  url: string;
+  /** Every call received, in order. */
+  readonly calls: HeldCall[];
+  /** Resolves once this many calls are held (an event, not a poll). */
+  waitForHeld(count: number): Promise<void>;
+  /** Answers every held call, and every later one at once, as the upstream answers a solve. */
+  release(): void;
+  close(): Promise<void>;
+}
+
+/**
+ * An upstream whose answers the test lets go: calls wait until `release()`, so "N requests are in
+ * flight" is a fact the test establishes, not a latency it hopes is long enough. Each answer is a
+ * sync solve in the upstream's shape (the fake upstream, dev/fake-upstream.ts, is the faithful
+ * one; this only holds).
+ */
+export async function startHeldUpstream(): Promise<HeldUpstream> {
+  const calls: HeldCall[] = [];
+  const pending: Array<() => void> = [];
+  const waiters = new Set<{ count: number; resolve: () => void }>();
+  const sockets = new Set<Socket>();
+  let released = false;
+  const answer = (res: ServerResponse) => () => {
+    const body = JSON.stringify({ solution: { objects: [1, 4] }, elapsed: 0.5 });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+    res.end(body);
+  };
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      calls.push({
+        authorization: req.headers.authorization,
+        requestId: req.headers['x-request-id'] as string | undefined,
+        body: Buffer.concat(chunks).toString('utf8'),
+      });
+      if (released) answer(res)();
+      else pending.push(answer(res));
+      for (const waiter of waiters) {
+        if (calls.length >= waiter.count) {
+          waiters.delete(waiter);
+          waiter.resolve();
+        }
+      }
     });
-  return { child, stdout: () => stdout, stderr: () => stderr, exited, port };
+  });
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    calls,
+    waitForHeld: (count) =>
+      new Promise((resolve) => {
+        if (calls.length >= count) resolve();
+        else waiters.add({ count, resolve });
+      }),
+    release() {
+      released = true;
+      for (const send of pending.splice(0)) send();
+    },
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+      await once(server, 'close');
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
