@@ -3,7 +3,10 @@ import type { Readable } from 'node:stream';
 import type { FastifyPluginAsync } from 'fastify';
 import fp from 'fastify-plugin';
 
-/** How much of an unread body the gateway reads, at most, after answering early (nginx-like). */
+/**
+ * After answering early: how much of the unread body the gateway reads at most, and how long after
+ * the answer it closes the connection at the latest (nginx's lingering close, bounded).
+ */
 export const LINGER = { maxBytes: 1024 * 1024, maxMs: 1_000 } as const;
 
 const kLingering = Symbol('lingering');
@@ -16,8 +19,8 @@ const kLingering = Symbol('lingering');
  * closes the socket while the client is still sending: the unread data makes the kernel send a
  * reset, and the client may lose the answer before it reads it. Like nginx's lingering close, the
  * gateway instead sends `connection: close`, half-closes after the answer (the client sees the
- * end of the response), and keeps reading and discarding for at most `LINGER.maxBytes` or
- * `LINGER.maxMs`, then closes.
+ * end of the response), reads and discards at most `LINGER.maxBytes`, and closes when the client
+ * does or `LINGER.maxMs` after the answer, whichever comes first.
  *
  * Hand-written: Node has no lingering close; it is done by replacing the one socket's
  * `destroySoon`, which Node's HTTP server calls after the last response of a closing connection.
@@ -41,13 +44,23 @@ function linger(socket: Socket & { [kLingering]?: true }, body: Readable): void 
   if (socket[kLingering]) return;
   socket[kLingering] = true;
   // Node's parser reads the socket's handle directly; the body's chunks surface on the request
-  // stream, which Node resumes (and discards) once the response has finished.
+  // stream. Listening from now on also keeps Node from "dumping" the body after the answer, which
+  // would read on without surfacing a single chunk to count.
   let discarded = 0;
   const count = (chunk: Buffer) => {
     discarded += chunk.length;
-    if (discarded > LINGER.maxBytes) socket.destroy();
+    if (discarded > LINGER.maxBytes) stopReading();
+  };
+  // Past the bound the gateway stops reading but does not close yet: closing a socket with unread
+  // data sends a reset, which can destroy an answer not yet acknowledged (or, if the bound is
+  // crossed while the answer is still being written, not yet sent). A paused request stream
+  // makes Node stop reading the socket once its small buffer is full.
+  const stopReading = () => {
+    body.off('data', count);
+    body.pause();
   };
   body.on('data', count);
+  // Node calls destroySoon once the answer is handed to the kernel.
   socket.destroySoon = () => {
     const deadline = setTimeout(() => socket.destroy(), LINGER.maxMs);
     deadline.unref();
