@@ -117,6 +117,8 @@ function fastifyOptions(config: Config, deps: AppDeps): FastifyServerOptions {
     },
     logController: new CompletionLogController(),
     requestIdHeader: false,
+    // A base URL configured with a trailing slash (`http://gateway/`) sends `//captcha/…`.
+    routerOptions: { ignoreDuplicateSlashes: true },
     genReqId: traceIdFor,
     bodyLimit: config.BODY_LIMIT_BYTES,
     // Draining is answered by the health plugin, with the error envelope.

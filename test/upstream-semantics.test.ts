@@ -161,7 +161,9 @@ describe("the upstream rejects one of the gateway's tokens", () => {
       for (let i = 0; i < 2; i++) {
         const res = await distinct(g);
         expect(res.statusCode).toBe(status);
-        expect(res.headers['retry-after']).toBeUndefined();
+        // When a token may be tried again: the recheck interval (60 s), counted from the rejection.
+        expect(Number(res.headers['retry-after'])).toBeGreaterThan(0);
+        expect(Number(res.headers['retry-after'])).toBeLessThanOrEqual(60);
         expect(res.json()).toEqual({
           success: false,
           error: { code, message: expect.stringMatching(message) },

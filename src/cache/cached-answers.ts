@@ -42,6 +42,8 @@ export interface AnswerRequest {
 export interface Answer {
   status: number;
   body: Buffer;
+  /** The upstream's `retry-after`, passed on with an error it answered (not across replicas). */
+  retryAfter?: string;
   event: CacheEvent;
   /** RFC 9211 Cache-Status value. */
   cacheStatus: string;
@@ -102,9 +104,9 @@ export class CachedAnswers {
 
   /** Forwards without reading or feeding shared state (async submissions, `no-store`). */
   async bypass(call: () => Promise<UpstreamReply>, directives: CacheDirectives): Promise<Answer> {
-    const { status, body } = await call();
+    const { status, body, retryAfter } = await call();
     const fwd = directives.noStore ? 'request' : 'bypass';
-    return { status, body, event: 'bypass', cacheStatus: `${CACHE_NAME}; fwd=${fwd}` };
+    return { status, body, retryAfter, event: 'bypass', cacheStatus: `${CACHE_NAME}; fwd=${fwd}` };
   }
 
   async answer(request: AnswerRequest): Promise<Answer> {
@@ -125,24 +127,31 @@ export class CachedAnswers {
         const stored = store !== undefined && isCacheable(reply.status, reply.json);
         if (stored)
           await store.set(key, { status: reply.status, body: reply.body }, this.#ttlSeconds);
-        return { status: reply.status, body: reply.body, stored };
+        return { status: reply.status, body: reply.body, retryAfter: reply.retryAfter, stored };
       },
       { deadline: request.deadline, getCached: lookup },
     );
     const { status, body } = merged.value;
+    const retryAfter = 'retryAfter' in merged.value ? merged.value.retryAfter : undefined;
     if (merged.source === 'cache') return { status, body, event: 'hit', cacheStatus: HIT };
     if (merged.shared) {
       const cacheStatus = `${CACHE_NAME}; fwd=uri-miss; collapsed`;
-      return { status, body, event: 'merged', cacheStatus };
+      return { status, body, retryAfter, event: 'merged', cacheStatus };
     }
     if (!store) {
-      return { status, body, event: 'bypass', cacheStatus: `${CACHE_NAME}; fwd=bypass` };
+      return {
+        status,
+        body,
+        retryAfter,
+        event: 'bypass',
+        cacheStatus: `${CACHE_NAME}; fwd=bypass`,
+      };
     }
     const stored = 'stored' in merged.value && merged.value.stored === true;
     if (stored) this.#rememberRaw(request);
     const fwd = directives.noCache ? 'request' : 'uri-miss';
     const cacheStatus = `${CACHE_NAME}; fwd=${fwd}${stored ? '; stored' : ''}`;
-    return { status, body, event: 'miss', cacheStatus };
+    return { status, body, retryAfter, event: 'miss', cacheStatus };
   }
 
   #rememberRaw(request: AnswerRequest): void {

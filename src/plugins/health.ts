@@ -97,7 +97,12 @@ const health: FastifyPluginAsync = async (app) => {
       schema: {
         tags: ['operations'],
         summary: 'Liveness: 200 while the process serves',
-        response: { 200: livenessSchema },
+        response: {
+          200: {
+            description: 'The process serves',
+            content: { 'application/json': { schema: livenessSchema } },
+          },
+        },
       },
     },
     async () => ({ status: 'ok' as const }),
@@ -112,7 +117,16 @@ const health: FastifyPluginAsync = async (app) => {
         summary: 'Readiness: 503 only while draining or when this replica cannot serve',
         description:
           'Degraded states (Redis lost under RATE_LIMIT_ON_STORE_ERROR=allow, circuit breaker open, no usable upstream token) are reported in the body with 200.',
-        response: { 200: readinessSchema, 503: readinessSchema },
+        response: {
+          200: {
+            description: 'Send traffic: ready, or degraded with each problem named',
+            content: { 'application/json': { schema: readinessSchema } },
+          },
+          503: {
+            description: 'Draining, or this replica cannot serve what another could',
+            content: { 'application/json': { schema: readinessSchema } },
+          },
+        },
       },
     },
     async (_request, reply) => {

@@ -9,11 +9,12 @@ import {
   polledTaskId,
   type RecognitionRequest,
   recognitionRequestSchema,
-  tokenRequestSchema,
   taskRequestSchema,
+  tokenRequestSchema,
 } from '../schemas/captcha.ts';
 import { type ImageLimits, imageLimitProblem } from '../schemas/image.ts';
 import { parseJson, upstreamErrorCode } from '../upstream/reply.ts';
+import { retryAfterMs } from '../upstream/retry-after.ts';
 import type { CallKind, UpstreamPath, UpstreamReply } from '../upstream/types.ts';
 import { recognitionResponses, taskResponses, tokenResponses } from './responses.ts';
 
@@ -84,7 +85,8 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
       schema: {
         tags: ['captcha'],
         summary: 'Solve an hCaptcha and get a single-use token (sync, or async with "async": true)',
-        description: 'Forwarded to Ace Data Cloud after validation; never cached, never merged: every token is single-use.',
+        description:
+          'Forwarded to Ace Data Cloud after validation; never cached, never merged: every token is single-use.',
         security,
         body: tokenRequestSchema,
         response: tokenResponses,
@@ -120,10 +122,17 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
       const taskId = polledTaskId(request.body);
       const owner = await app.taskOwners.ownerOf(taskId);
       if (owner === undefined || owner !== request.client?.id) {
-        throw new GatewayError('not_found', 'task not found: no task with this id was created by this client');
+        throw new GatewayError(
+          'not_found',
+          'task not found: no task with this id was created by this client',
+        );
       }
       const { raw } = releaseBody(request);
-      return sendUpstreamBytes(request, reply, await upstreamCall(request, TASKS, 'poll', raw, undefined));
+      return sendUpstreamBytes(
+        request,
+        reply,
+        await upstreamCall(request, TASKS, 'poll', raw, undefined),
+      );
     },
   );
 
@@ -148,7 +157,10 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
   /** The settings-dependent limits on `queries`, which a static schema cannot know. */
   function checkImages(queries: readonly string[]): void {
     if (queries.length > options.images.maxImages) {
-      throw new GatewayError('bad_request', `body.queries: must hold at most ${options.images.maxImages} images`);
+      throw new GatewayError(
+        'bad_request',
+        `body.queries: must hold at most ${options.images.maxImages} images`,
+      );
     }
     for (const [index, item] of queries.entries()) {
       const problem = imageLimitProblem(item, options.images);
@@ -214,13 +226,21 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
     });
   }
 
-  /** The upstream's status and exact bytes, unchanged (never re-serialized). */
+  /**
+   * The upstream's status and exact bytes, unchanged (never re-serialized); an error keeps the
+   * upstream's `retry-after`.
+   */
   function sendUpstreamBytes(
     request: FastifyRequest,
     reply: FastifyReply,
-    answer: Pick<Answer, 'status' | 'body'>,
+    answer: Pick<Answer, 'status' | 'body' | 'retryAfter'>,
   ) {
-    if (answer.status >= 400) request.report.error_code = upstreamErrorCode(parseJson(answer.body));
+    if (answer.status >= 400) {
+      request.report.error_code = upstreamErrorCode(parseJson(answer.body));
+      // Only a well-formed one (delay-seconds or an HTTP date): it is upstream text in a header.
+      if (retryAfterMs(answer.retryAfter) !== undefined)
+        reply.header('retry-after', answer.retryAfter);
+    }
     return reply.code(answer.status).type(JSON_TYPE).send(answer.body);
   }
 };

@@ -410,19 +410,24 @@ export class UpstreamClient {
    */
   #noUsableToken(call: UpstreamCall, last: CallState['lastRejection']): GatewayError {
     call.log.error({ tokens: this.#tokens.size }, 'no upstream token is usable');
+    // When a token will be tried again: the soonest a client's retry can meet a working one.
+    const recheck = this.#tokens.recheckIn();
+    const headers = { 'retry-after': secondsFromMs(Number.isFinite(recheck) ? recheck : 0) };
     if (last === 'used_up') {
       return new GatewayError(
         'used_up',
         "the balance of the gateway's Ace Data Cloud account is used up; tell the gateway's operator",
+        { headers },
       );
     }
     if (last === 'disabled') {
       return new GatewayError(
         'disabled',
         "the gateway's Ace Data Cloud account or token is disabled; tell the gateway's operator",
+        { headers },
       );
     }
-    return new GatewayError('upstream_error', CREDENTIALS_REJECTED);
+    return new GatewayError('upstream_error', CREDENTIALS_REJECTED, { headers });
   }
 
   #circuitOpen(): GatewayError {

@@ -57,6 +57,16 @@ export class TokenPool {
     return this.#entries.filter((entry) => !entry.failing).length;
   }
 
+  /** Milliseconds until a token out of rotation may be tried again (0: one may be now). */
+  recheckIn(now = Date.now()): number {
+    let soonest = Number.POSITIVE_INFINITY;
+    for (const entry of this.#entries) {
+      const at = entry.disabledAt === undefined ? now : entry.disabledAt + this.#recheckMs;
+      soonest = Math.min(soonest, Math.max(0, at - now));
+    }
+    return soonest;
+  }
+
   /** Whether pick() could return a token right now (in rotation, or due for a recheck). */
   hasCandidate(exclude?: ReadonlySet<PooledToken>, now = Date.now()): boolean {
     return this.#entries.some((entry) => !exclude?.has(entry) && this.#eligible(entry, now));
