@@ -87,7 +87,12 @@ function routeOf(method: string, url: string): Route {
   // inject (light-my-request) parses the URL as a WHATWG client would: dot segments resolved,
   // the fragment dropped; a leading "//" is a path, not an authority.
   const base = 'http://localhost';
-  const rawPath = new URL(url.startsWith('//') ? base + url : url, base).pathname;
+  // Repeated slashes count as one: an SDK configured with a base URL ending in "/" sends
+  // `//captcha/…`, and it must reach the route.
+  const rawPath = new URL(url.startsWith('//') ? base + url : url, base).pathname.replace(
+    /\/{2,}/g,
+    '/',
+  );
   const segments: string[] = [];
   for (const segment of rawPath.split('/')) {
     try {

@@ -13,6 +13,7 @@ import {
   CLIENT_KEY,
   listenLocally,
   OTHER_CLIENT_KEY,
+  PNG_1X1,
   postJson,
   RECOGNITION,
   rawConnection,
@@ -60,9 +61,10 @@ const RUNS = Object.fromEntries(
     json: 3_000,
     token: 2_000,
     headers: 2_500,
-    routes: 2_500,
+    routes: 2_470,
+    edges: 30,
   }).map(([name, runs]) => [name, Math.round(runs * SCALE)]),
-) as Record<'bodies' | 'bytes' | 'json' | 'token' | 'headers' | 'routes', number>;
+) as Record<'bodies' | 'bytes' | 'json' | 'token' | 'headers' | 'routes' | 'edges', number>;
 const TCP_SAMPLE = 400;
 const BODY_LIMIT = 4 * 1024 * 1024;
 /** IMAGES_MAX and IMAGE_MAX_BYTES below their defaults, so the generators reach both sides. */
@@ -456,7 +458,6 @@ const question: fc.Arbitrary<Maybe<unknown>> = fc.oneof(
       ` ${'b'.repeat(500)} `,
       '😀'.repeat(500),
       '😀'.repeat(501),
-      'q'.repeat(200_000),
     ),
   },
   {
@@ -473,12 +474,8 @@ const question: fc.Arbitrary<Maybe<unknown>> = fc.oneof(
 
 const queries: fc.Arbitrary<Maybe<unknown>> = fc.oneof(
   { weight: 40, arbitrary: fc.array(imageText, { minLength: 1, maxLength: 3 }) },
-  // Over IMAGE_MAX_BYTES: alone (400), or three of them (over the body limit: 413); exactly at it.
-  {
-    weight: 1,
-    arbitrary: fc.constantFrom([OVERSIZED_IMAGE], Array(3).fill(OVERSIZED_IMAGE), [LARGEST_IMAGE]),
-  },
-  // At and past IMAGES_MAX.
+  // At and past IMAGES_MAX. (Megabyte images are the `edges` test's: a few cost what 1,000 small
+  // requests do.)
   {
     weight: 2,
     arbitrary: fc
@@ -604,6 +601,28 @@ const tokenBody = fc
     const cut = entries.length === 0 ? 0 : rotate % entries.length;
     return `{${[...entries.slice(cut), ...entries.slice(0, cut)].join(',')}}`;
   });
+
+/**
+ * The expensive edges, few and each one deliberately: an image exactly at IMAGE_MAX_BYTES (valid)
+ * and 3 bytes over it (400), three over-limit images (over the body limit: 413, answered before
+ * the body is read), a 200,000-character question (valid), nesting far past 64 levels (400).
+ */
+const edgeBodies = fc
+  .tuple(
+    fc.constantFrom(
+      [OVERSIZED_IMAGE],
+      Array(3).fill(OVERSIZED_IMAGE),
+      [LARGEST_IMAGE],
+      [LARGEST_IMAGE, PNG_1X1],
+      ['x', LARGEST_IMAGE],
+    ),
+    fc.constantFrom('edge', 'q'.repeat(200_000)),
+    fc.constantFrom('', `,"x":${nested(20_000, '{"a":', '}')}`, `,"y":${nested(5_000)}`),
+  )
+  .map(
+    ([images, q, extra]) =>
+      `{"question":${JSON.stringify(q)},"queries":${JSON.stringify(images)}${extra}}`,
+  );
 
 const post = (url: string, payload: string | Buffer, headers = authHeaders()): FuzzRequest => ({
   method: 'POST',
@@ -1005,6 +1024,17 @@ describe('fuzz (fast-check, app.inject)', () => {
   it(
     'methods and paths: every HTTP method, mutated, encoded, malformed and random paths',
     () => runProperty('routes', RUNS.routes, routeRequest),
+    budget(PROPERTY_TIMEOUT_MS),
+  );
+
+  it(
+    'edges: megabyte images at and over IMAGE_MAX_BYTES, over the body limit, a 200,000-character question, 20,000 levels of nesting',
+    () =>
+      runProperty(
+        'edges',
+        RUNS.edges,
+        edgeBodies.map((body) => post(RECOGNITION, body)),
+      ),
     budget(PROPERTY_TIMEOUT_MS),
   );
 });

@@ -322,7 +322,10 @@ describe('soak', () => {
       const limited429 = new Set<string>();
       let limitedSent = 0;
       let fakeCalls = 0;
-      /** Upstream calls carrying the trace id of a request that must never reach it. */
+      /**
+       * Upstream calls carrying the trace id of a request that must never reach it: invalid
+       * requests and polls of another client's task are sent with ids starting `refused-`.
+       */
       const callsForRefused: string[] = [];
       let upstreamProblems = 0;
       const log = {
