@@ -49,3 +49,44 @@ export function recognitionBody(question: string, png: Buffer): string {
  * request has its own question and therefore its own cache and merge key.
  */
 export const UNIQUE_MARK = '[<id>]';
+
+/** Bytes of the JSON around the Base64 image: `{"question":"…","queries":["…"]}`. */
+const envelopeBytes = (question: string) => recognitionBody(question, Buffer.alloc(0)).length;
+
+const sized = new Map<string, Buffer>();
+
+/** A noise PNG whose recognition body with `question` is about `bytes` bytes long. */
+export function pngForBody(bytes: number, question = QUESTION): Buffer {
+  const key = `${bytes} ${question}`;
+  const made = sized.get(key) ?? sizePng(bytes, question);
+  sized.set(key, made);
+  return made;
+}
+
+function sizePng(bytes: number, question: string): Buffer {
+  const target = Math.floor(((bytes - envelopeBytes(question)) * 3) / 4);
+  let request = target;
+  let png = makePng(request);
+  // makePng grows in rows of pixels; two corrections bring it within a row of the target.
+  for (let i = 0; i < 2; i++) {
+    request += target - png.length;
+    png = makePng(request);
+  }
+  return png;
+}
+
+/**
+ * `count` bodies that differ only in their question (so each has its own cache and merge key),
+ * sharing one image: Buffers, so that multi-megabyte bodies are not held as strings too.
+ */
+export function distinctBodies(count: number, png: Buffer, tag: string): Buffer[] {
+  const image = Buffer.from(png.toString('base64'));
+  const suffix = Buffer.from('"]}');
+  return Array.from({ length: count }, (_, i) =>
+    Buffer.concat([
+      Buffer.from(`{"question":${JSON.stringify(`${QUESTION} #${i} ${tag}`)},"queries":["`),
+      image,
+      suffix,
+    ]),
+  );
+}

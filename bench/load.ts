@@ -1,5 +1,7 @@
 // Load generators: autocannon for throughput and latency at a fixed number of connections, and a
 // plain undici burst for "N requests in flight at once".
+
+import { setTimeout as sleep } from 'node:timers/promises';
 import autocannon from 'autocannon';
 import { Agent, request } from 'undici';
 import { cpuSnapshot, otherCpuShare } from './processes.ts';
@@ -86,51 +88,163 @@ export function percentile(sorted: Float64Array, p: number): number {
 
 export interface BurstResponse {
   status: number;
-  ms: number;
+  /** When this request was sent and answered, from the start of the burst or loop. */
+  sentMs: number;
+  doneMs: number;
+  /** doneMs − sentMs: this request's own latency. */
+  latencyMs: number;
   cacheStatus?: string;
+  retryAfter?: string;
   error?: string;
+}
+
+export interface SendOptions {
+  /** Aborts every request still unanswered (they count as error "aborted"). */
+  signal?: AbortSignal;
+  /** Called once per answer, as it arrives. */
+  onAnswer?: (answer: BurstResponse) => void;
+  /** Extra headers for every request. */
+  headers?: Record<string, string>;
+}
+
+type Body = string | Buffer;
+
+/** An agent that opens up to `connections` connections: one per request in flight. */
+export const loadAgent = (connections: number) =>
+  new Agent({
+    connections,
+    connect: { timeout: 60_000 },
+    headersTimeout: 200_000,
+    bodyTimeout: 200_000,
+    keepAliveTimeout: 10_000,
+  });
+
+/** One request; never throws: failures come back as status 0 with the error's code. */
+async function send(
+  agent: Agent,
+  url: string,
+  headers: Record<string, string>,
+  body: Body,
+  options: SendOptions,
+  origin: number,
+): Promise<BurstResponse> {
+  const sentMs = performance.now() - origin;
+  const measure = (rest: Omit<BurstResponse, 'sentMs' | 'doneMs' | 'latencyMs'>): BurstResponse => {
+    const doneMs = performance.now() - origin;
+    const answer = { ...rest, sentMs, doneMs, latencyMs: doneMs - sentMs };
+    options.onAnswer?.(answer);
+    return answer;
+  };
+  try {
+    const res = await request(url + RECOGNITION_PATH, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers, ...options.headers },
+      body,
+      dispatcher: agent,
+      signal: options.signal,
+    });
+    await res.body.text();
+    const header = (name: string) => {
+      const value = res.headers[name];
+      return typeof value === 'string' ? value : undefined;
+    };
+    return measure({
+      status: res.statusCode,
+      cacheStatus: header('cache-status'),
+      retryAfter: header('retry-after'),
+    });
+  } catch (error) {
+    const { code, message, name } = error as { code?: string; message?: string; name?: string };
+    const aborted = options.signal?.aborted === true || name === 'AbortError';
+    return measure({ status: 0, error: aborted ? 'aborted' : (code ?? message) });
+  }
 }
 
 /** Sends every body at once, each on its own connection, and waits for all the answers. */
 export async function burst(
   url: string,
   headers: Record<string, string>,
-  bodies: readonly string[],
-  onFirstAnswer: () => void = () => {},
+  bodies: readonly Body[],
+  options: SendOptions & { onFirstAnswer?: () => void } = {},
 ): Promise<BurstResponse[]> {
-  const agent = new Agent({
-    connections: bodies.length + 16,
-    connect: { timeout: 60_000 },
-    headersTimeout: 120_000,
-    bodyTimeout: 120_000,
-  });
+  const agent = loadAgent(bodies.length + 16);
   const started = performance.now();
+  const { onFirstAnswer, ...sendOptions } = options;
   try {
     return await Promise.all(
-      bodies.map(async (body): Promise<BurstResponse> => {
-        try {
-          const res = await request(url + RECOGNITION_PATH, {
-            method: 'POST',
-            headers: { 'content-type': 'application/json', ...headers },
-            body,
-            dispatcher: agent,
-          });
-          onFirstAnswer();
-          await res.body.text();
-          const cacheStatus = res.headers['cache-status'];
-          return {
-            status: res.statusCode,
-            ms: performance.now() - started,
-            cacheStatus: typeof cacheStatus === 'string' ? cacheStatus : undefined,
-          };
-        } catch (error) {
-          const { code, message } = error as { code?: string; message?: string };
-          return { status: 0, ms: performance.now() - started, error: code ?? message };
-        }
+      bodies.map(async (body) => {
+        const answer = await send(agent, url, headers, body, sendOptions, started);
+        onFirstAnswer?.();
+        return answer;
       }),
     );
   } finally {
-    await agent.close();
+    await agent.destroy();
+  }
+}
+
+/**
+ * An open loop: request i is sent at i / rate seconds, whatever the answers do, until
+ * `durationMs` has passed; then waits for the answers (or the signal).
+ */
+export async function openLoop(options: {
+  url: string;
+  headers: Record<string, string>;
+  rate: number;
+  durationMs: number;
+  body: (i: number) => Body;
+  connections: number;
+  signal?: AbortSignal;
+  onAnswer?: (answer: BurstResponse) => void;
+}): Promise<BurstResponse[]> {
+  const agent = loadAgent(options.connections);
+  const started = performance.now();
+  const pending: Array<Promise<BurstResponse>> = [];
+  const sendOptions: SendOptions = { signal: options.signal, onAnswer: options.onAnswer };
+  try {
+    for (let i = 0; ; i++) {
+      const due = (i * 1000) / options.rate;
+      if (due >= options.durationMs || options.signal?.aborted) break;
+      const wait = due - (performance.now() - started);
+      if (wait > 1) await sleep(wait);
+      pending.push(
+        send(agent, options.url, options.headers, options.body(i), sendOptions, started),
+      );
+    }
+    return await Promise.all(pending);
+  } finally {
+    await agent.destroy();
+  }
+}
+
+/**
+ * A closed loop: `workers` senders, each sending its next request as soon as the last is
+ * answered, until the signal aborts them.
+ */
+export async function closedLoop(options: {
+  url: string;
+  headers: Record<string, string>;
+  workers: number;
+  body: (i: number) => Body;
+  signal: AbortSignal;
+  onAnswer?: (answer: BurstResponse) => void;
+}): Promise<BurstResponse[]> {
+  const agent = loadAgent(options.workers + 16);
+  const started = performance.now();
+  const answers: BurstResponse[] = [];
+  const sendOptions: SendOptions = { signal: options.signal, onAnswer: options.onAnswer };
+  let next = 0;
+  const worker = async () => {
+    while (!options.signal.aborted) {
+      const body = options.body(next++);
+      answers.push(await send(agent, options.url, options.headers, body, sendOptions, started));
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: options.workers }, worker));
+    return answers;
+  } finally {
+    await agent.destroy();
   }
 }
 

@@ -14,18 +14,30 @@ export interface Server {
 }
 
 export const UPSTREAM_TOKEN = FAKE_UPSTREAM_DEFAULT_TOKEN;
-export const CLIENT_KEY = 'agw_bench_client_key_0123456789abcdefghijklmnopqrstuvwx';
+
+export interface BenchClient {
+  id: string;
+  key: string;
+}
+
+/** A gateway client of the benchmark; its key is derived from its id. */
+export const benchClient = (id: string): BenchClient => ({
+  id,
+  key: `agw_bench_${id}_key_0123456789abcdefghijklmnopqrstuvwx`,
+});
+
+/** The one client of most scenarios. */
+export const CLIENT = benchClient('bench');
+export const CLIENT_KEY = CLIENT.key;
 
 /**
- * Gateway settings for every run. The upstream gate's defaults (64 in flight, 50 calls/s per
- * token) protect the real upstream; here they would measure the gate instead of the gateway, so
- * they are raised far above any load the benchmarks make.
+ * What every gateway of the benchmark gets: the defaults of every setting (the gate's rate and
+ * capacity derived from them, the byte budget from the machine's memory), except where a scenario
+ * says otherwise (`env`, reported with it). Each client's clients-file rate limit is raised so
+ * that it never binds. Loopback, port 0, for both the API and the admin (/metrics) server.
  */
 export const GATEWAY_ENV = {
   LOG_LEVEL: 'info',
-  UPSTREAM_MAX_CONCURRENCY: '4000',
-  UPSTREAM_QUEUE_MAX: '4000',
-  UPSTREAM_RATE_PER_SECOND: '1000000',
 } as const;
 
 export async function startFake(latencyMs: number): Promise<Server> {
@@ -37,14 +49,21 @@ export async function startFake(latencyMs: number): Promise<Server> {
 
 export interface GatewayOptions {
   upstreamUrl: string;
-  cacheTtlSeconds: number;
   /** Directory for the gateway's stdout (its log lines). */
   dir: string;
+  /** Settings that differ from the defaults for this scenario. */
+  env?: Record<string, string>;
+  /** Default: [CLIENT]. */
+  clients?: BenchClient[];
   /** Directory to write a V8 CPU profile into when the child exits. */
   cpuProfileDir?: string;
+  /** Start with --expose-gc, so that the bench can collect garbage before reading memory. */
+  exposeGc?: boolean;
 }
 
 export interface GatewayServer extends Server {
+  /** The admin server: /metrics. */
+  adminUrl: string;
   /** The gateway's stdout: its log lines. */
   logFile: string;
 }
@@ -56,35 +75,46 @@ export async function startGateway(options: GatewayOptions): Promise<GatewayServ
   );
   const fd = openSync(logFile, 'w');
   try {
-    const { child, url } = await startNodeServer('gateway', 'gateway.ts', {
+    const { child, url, adminUrl } = await startNodeServer('gateway', 'gateway.ts', {
       env: {
         ...GATEWAY_ENV,
+        ...options.env,
         ACEDATA_API_TOKEN: UPSTREAM_TOKEN,
         ACEDATA_BASE_URL: options.upstreamUrl,
         HOST: '127.0.0.1',
         PORT: '0',
-        CACHE_TTL_SECONDS: String(options.cacheTtlSeconds),
-        BENCH_CLIENT_KEY: CLIENT_KEY,
+        ADMIN_HOST: '127.0.0.1',
+        ADMIN_PORT: '0',
+        BENCH_CLIENTS: JSON.stringify(options.clients ?? [CLIENT]),
       },
-      execArgv: options.cpuProfileDir
-        ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`]
-        : [],
+      execArgv: [
+        ...(options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : []),
+        ...(options.exposeGc ? ['--expose-gc'] : []),
+      ],
       stdout: fd,
     });
-    return { name: 'gateway', url, child, logFile };
+    if (!adminUrl) throw new Error('the gateway did not report its admin URL');
+    return { name: 'gateway', url, adminUrl, child, logFile };
   } finally {
     closeSync(fd); // the child holds its own copy
   }
 }
 
-export async function startFloor(): Promise<Server> {
-  const { child, url } = await startNodeServer('bare Fastify', 'floor.ts', { env: {} });
+export async function startFloor(options: { exposeGc?: boolean } = {}): Promise<Server> {
+  const { child, url } = await startNodeServer('bare Fastify', 'floor.ts', {
+    env: {},
+    execArgv: options.exposeGc ? ['--expose-gc'] : [],
+  });
   return { name: 'bare Fastify', url, child };
 }
 
-export async function startHttpProxy(upstreamUrl: string): Promise<Server> {
+export async function startHttpProxy(
+  upstreamUrl: string,
+  options: { exposeGc?: boolean } = {},
+): Promise<Server> {
   const { child, url } = await startNodeServer('@fastify/http-proxy', 'http-proxy.ts', {
     env: { UPSTREAM_URL: upstreamUrl },
+    execArgv: options.exposeGc ? ['--expose-gc'] : [],
   });
   return { name: '@fastify/http-proxy', url, child };
 }

@@ -6,6 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { MemoryAnswer } from './servers/announce.ts';
 
 const NODE_COMPILE_CACHE = join(tmpdir(), 'agw-bench-compile-cache');
 const live = new Set<ChildProcess>();
@@ -25,6 +26,8 @@ export interface Child {
   readonly process: ChildProcess;
   readonly pid: number;
   stop(): Promise<void>;
+  /** SIGKILL: for a server whose in-flight requests need no drain (its memory was measured). */
+  kill(): Promise<void>;
 }
 
 export interface NodeChildOptions {
@@ -35,12 +38,12 @@ export interface NodeChildOptions {
   stdout?: number | 'ignore';
 }
 
-/** Starts `bench/servers/<script>` and resolves with its URL once it listens. */
+/** Starts `bench/servers/<script>` and resolves with its URL(s) once it listens. */
 export async function startNodeServer(
   name: string,
   script: string,
   options: NodeChildOptions,
-): Promise<{ child: Child; url: string }> {
+): Promise<{ child: Child; url: string; adminUrl?: string }> {
   const path = fileURLToPath(new URL(`./servers/${script}`, import.meta.url));
   const stdio: StdioOptions = ['ignore', options.stdout ?? 'ignore', 'inherit', 'ipc'];
   const proc = spawn(process.execPath, [...(options.execArgv ?? []), path], {
@@ -56,22 +59,25 @@ export async function startNodeServer(
   });
   const child = track(name, proc);
   try {
-    const url = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`${name} did not start within 30 s`)),
-        30_000,
-      );
-      proc.once('message', (message: { url?: string }) => {
-        clearTimeout(timer);
-        if (typeof message.url === 'string') resolve(message.url);
-        else reject(new Error(`${name} sent an unexpected message`));
-      });
-      proc.once('exit', (code, signal) => {
-        clearTimeout(timer);
-        reject(new Error(`${name} exited before listening (code ${code}, signal ${signal})`));
-      });
-    });
-    return { child, url };
+    const { url, adminUrl } = await new Promise<{ url: string; adminUrl?: string }>(
+      (resolve, reject) => {
+        const timer = setTimeout(
+          () => reject(new Error(`${name} did not start within 30 s`)),
+          30_000,
+        );
+        proc.once('message', (message: { url?: string; adminUrl?: string }) => {
+          clearTimeout(timer);
+          if (typeof message.url === 'string')
+            resolve({ url: message.url, adminUrl: message.adminUrl });
+          else reject(new Error(`${name} sent an unexpected message`));
+        });
+        proc.once('exit', (code, signal) => {
+          clearTimeout(timer);
+          reject(new Error(`${name} exited before listening (code ${code}, signal ${signal})`));
+        });
+      },
+    );
+    return { child, url, ...(adminUrl ? { adminUrl } : {}) };
   } catch (error) {
     await child.stop();
     throw error;
@@ -90,6 +96,12 @@ export function track(name: string, proc: ChildProcess): Child {
     name,
     process: proc,
     pid: proc.pid,
+    async kill() {
+      if (live.has(proc)) {
+        proc.kill('SIGKILL');
+        await exited;
+      }
+    },
     async stop() {
       if (live.has(proc)) {
         proc.kill('SIGTERM');
@@ -147,24 +159,48 @@ export function pollMemory(pid: number, ms = 100) {
 }
 
 /** A node server child's process.memoryUsage(), asked over IPC; undefined if it does not answer. */
-export function memoryUsageOf(
+export async function memoryUsageOf(
   child: Child,
   timeoutMs = 1_000,
 ): Promise<NodeJS.MemoryUsage | undefined> {
+  return (await ask(child, 'memoryUsage', timeoutMs))?.memoryUsage;
+}
+
+/** A node server child's memory answer: process.memoryUsage() and its stats (e.g. requests held). */
+export function memoryAnswerOf(child: Child, timeoutMs = 1_000): Promise<MemoryAnswer | undefined> {
+  return ask(child, 'memoryUsage', timeoutMs);
+}
+
+/**
+ * A full garbage collection in a node server child (started with --expose-gc), then its
+ * process.memoryUsage() and stats; `gc` is false when the child could not collect.
+ */
+export function collectGarbage(
+  child: Child,
+  timeoutMs = 10_000,
+): Promise<MemoryAnswer | undefined> {
+  return ask(child, 'gc', timeoutMs);
+}
+
+function ask(
+  child: Child,
+  question: 'memoryUsage' | 'gc',
+  timeoutMs: number,
+): Promise<MemoryAnswer | undefined> {
   const proc = child.process;
   return new Promise((resolve) => {
-    const onMessage = (message: { memoryUsage?: NodeJS.MemoryUsage }) => {
+    const onMessage = (message: Partial<MemoryAnswer>) => {
       if (message.memoryUsage === undefined) return;
-      done(message.memoryUsage);
+      done(message as MemoryAnswer);
     };
-    const done = (usage: NodeJS.MemoryUsage | undefined) => {
+    const done = (answer: MemoryAnswer | undefined) => {
       clearTimeout(timer);
       proc.off('message', onMessage);
-      resolve(usage);
+      resolve(answer);
     };
     const timer = setTimeout(() => done(undefined), timeoutMs);
     proc.on('message', onMessage);
-    if (!proc.connected || !proc.send('memoryUsage')) done(undefined);
+    if (!proc.connected || !proc.send(question)) done(undefined);
   });
 }
 

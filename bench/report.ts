@@ -1,14 +1,27 @@
-// Targets, the console table, and docs/benchmarks.md, all from one results object.
+// Targets, the console report, and docs/benchmarks.md, all from one results object.
 import { existsSync, readFileSync } from 'node:fs';
-import type { ProfileSummary } from './profile.ts';
+import type { DerivedLimits } from '../src/config.ts';
+import type { BurstResult, MergeResult, SteadyResult } from './capacity.ts';
+import type { NoisyResult } from './fairness.ts';
 import {
-  type ConcurrencyResult,
-  type LoadResult,
-  type MergeResult,
-  NOISY,
-  type Settings,
-  type TargetResult,
-} from './scenarios.ts';
+  int,
+  kb,
+  MB,
+  mb,
+  ms,
+  peakOf,
+  perRequestGoal,
+  RSS_GOAL_2000,
+  seconds,
+  statusList,
+} from './format.ts';
+import type { IdleResult } from './idle.ts';
+import type { LeavingResult } from './leaving.ts';
+import type { BytesRun, HeldMemory } from './memory.ts';
+import type { ProfileSummary } from './profile.ts';
+import { howMeasured, sections } from './report-sections.ts';
+import { type LoadResult, NOISY, type TargetResult } from './scenarios.ts';
+import type { Settings } from './settings.ts';
 
 export interface Results {
   date: string;
@@ -17,32 +30,55 @@ export interface Results {
   revision: { commit: string; changed: string[] };
   smoke: boolean;
   machine: { cpus: number; cpuModel: string; node: string; memoryGiB: number; os: string };
-  settings: Settings & { gateway: Record<string, string>; nginxWorkers: number };
-  hit?: LoadResult;
+  settings: Settings & {
+    gateway: Record<string, string>;
+    scenarioEnv: Record<string, Record<string, string>>;
+    nginxWorkers: number;
+  };
+  /** The limits the gateway derives from its default settings on this machine. */
+  defaults: DerivedLimits & { machineMemoryBytes: number };
+  /** One result per body size. */
+  hit?: LoadResult[];
   miss?: LoadResult;
   latency?: LoadResult;
-  concurrency?: ConcurrencyResult;
+  burst?: BurstResult;
   merge?: MergeResult;
+  steady?: SteadyResult;
+  memory?: HeldMemory[];
+  bytes?: BytesRun[];
+  leaving?: LeavingResult;
+  noisy?: NoisyResult;
+  idle?: IdleResult;
   targets: TargetCheck[];
   profiles: { hit?: ProfileSummary; miss?: ProfileSummary };
 }
 
+export type ScenarioName =
+  | 'hit'
+  | 'miss'
+  | 'latency'
+  | 'burst'
+  | 'merge'
+  | 'steady'
+  | 'memory'
+  | 'bytes'
+  | 'noisy'
+  | 'idle';
+
 export interface TargetCheck {
-  scenario: 'hit' | 'miss' | 'latency' | 'concurrency' | 'merge';
+  scenario: ScenarioName;
   name: string;
   goal: string;
   measured: string;
   met: boolean;
 }
 
-const MB = 1e6;
-const find = (r: LoadResult | undefined, name: string): TargetResult | undefined =>
+export const find = (r: LoadResult | undefined, name: string): TargetResult | undefined =>
   r?.targets.find((t) => t.name === name);
-const int = (n: number) => Math.round(n).toLocaleString('en-US');
-const ms = (n: number) => (Number.isFinite(n) ? n.toFixed(3) : 'n/a');
 const signedMs = (n: number) => `${n >= 0 ? '+' : ''}${n.toFixed(3)}`;
 const pct = (ratio: number) =>
   `${ratio >= 1 ? '+' : '−'}${Math.abs((ratio - 1) * 100).toFixed(0)}%`;
+export const NOISY_GOAL = 1.2;
 
 /** Added latency through a server: its median p50/p99 minus the direct upstream call's. */
 export function addedLatency(latency: LoadResult | undefined, name: string) {
@@ -55,28 +91,31 @@ export function addedLatency(latency: LoadResult | undefined, name: string) {
   };
 }
 
+const ratioOf = (result: LoadResult | undefined, ours: string, peer: string) => {
+  const a = find(result, ours);
+  const b = find(result, peer);
+  return a && b
+    ? { a: a.median.rps, b: b.median.rps, ratio: a.median.rps / b.median.rps }
+    : undefined;
+};
+
 export function checkTargets(r: Omit<Results, 'targets'>): TargetCheck[] {
   const checks: TargetCheck[] = [];
-  const ratio = (result: LoadResult | undefined, ours: string, peer: string) => {
-    const a = find(result, ours);
-    const b = find(result, peer);
-    return a && b
-      ? { a: a.median.rps, b: b.median.rps, ratio: a.median.rps / b.median.rps }
-      : undefined;
-  };
-  const hit = ratio(r.hit, 'gateway', 'bare Fastify');
-  if (hit) {
-    checks.push({
+  const add = (check: TargetCheck) => checks.push(check);
+  for (const size of r.hit ?? []) {
+    const hit = ratioOf(size, 'gateway', 'bare Fastify');
+    if (!hit) continue;
+    add({
       scenario: 'hit',
-      name: 'hit throughput vs bare Fastify parse floor',
+      name: `hit at ${kb(size.bodyBytes)} vs bare Fastify (default JSON parser)`,
       goal: '≥ 1.0×',
       measured: `${hit.ratio.toFixed(2)}× (${int(hit.a)} vs ${int(hit.b)} req/s, ${pct(hit.ratio)})`,
       met: hit.ratio >= 1.0,
     });
   }
-  const miss = ratio(r.miss, 'gateway', '@fastify/http-proxy');
+  const miss = ratioOf(r.miss, 'gateway', '@fastify/http-proxy');
   if (miss) {
-    checks.push({
+    add({
       scenario: 'miss',
       name: 'miss throughput vs @fastify/http-proxy',
       goal: '≥ 0.8×',
@@ -86,14 +125,14 @@ export function checkTargets(r: Omit<Results, 'targets'>): TargetCheck[] {
   }
   const added = addedLatency(r.latency, 'gateway');
   if (added) {
-    checks.push({
+    add({
       scenario: 'latency',
       name: 'added latency p50 at 1 connection',
       goal: '≤ 0.5 ms',
       measured: `${signedMs(added.p50)} ms (${signedMs(added.p50 - 0.5)} ms vs goal)`,
       met: added.p50 <= 0.5,
     });
-    checks.push({
+    add({
       scenario: 'latency',
       name: 'added latency p99 at 1 connection',
       goal: '≤ 2 ms',
@@ -101,31 +140,116 @@ export function checkTargets(r: Omit<Results, 'targets'>): TargetCheck[] {
       met: added.p99 <= 2,
     });
   }
-  const c = r.concurrency;
-  if (c) {
-    checks.push({
-      scenario: 'concurrency',
-      name: `${int(c.requests)} in flight: all succeed`,
-      goal: `${int(c.requests)} × 200`,
-      measured: `${int(c.ok)} × 200${c.ok < c.requests ? ` (${JSON.stringify(c.statuses)})` : ''}`,
-      met: c.ok === c.requests,
+  const b = r.burst;
+  if (b) {
+    add({
+      scenario: 'burst',
+      name: `${int(b.requests)} distinct requests at once, ${b.latencyMs / 1000} s upstream, defaults`,
+      goal: `${int(b.requests)} × 200`,
+      measured: `${statusList(b.statuses)}; last answer at ${seconds(b.lastAnswerMs)}`,
+      met: b.ok === b.requests,
     });
-    const peak = Math.max(c.hwmBytes, c.peakRssBytes);
-    checks.push({
-      scenario: 'concurrency',
-      name: `${int(c.requests)} in flight: gateway peak RSS`,
-      goal: '≤ 400 MB',
-      measured: `${(peak / MB).toFixed(0)} MB (${((100 * peak) / (400 * MB)).toFixed(0)}% of the goal)`,
-      met: peak <= 400 * MB,
+    add({
+      scenario: 'burst',
+      name: `${int(b.requests)} in flight (~${kb(b.bodyBytes)}, most queued at the gate): peak RSS`,
+      goal: `≤ ${mb(RSS_GOAL_2000)}`,
+      measured: `${mb(peakOf(b))} (${((100 * peakOf(b)) / RSS_GOAL_2000).toFixed(0)}% of the goal)`,
+      met: peakOf(b) <= RSS_GOAL_2000,
     });
   }
   if (r.merge) {
-    checks.push({
+    add({
       scenario: 'merge',
       name: `${r.merge.requests} identical concurrent requests`,
       goal: '1 upstream call',
       measured: `${r.merge.upstreamCalls} upstream call(s)`,
       met: r.merge.upstreamCalls === 1,
+    });
+  }
+  const st = r.steady;
+  if (st) {
+    add({
+      scenario: 'steady',
+      name: `one replica at the defaults, ${st.latencyMs / 1000} s upstream: calls started per second`,
+      goal: `≥ 95% of ${st.ratePerSecond}/s, no second above it`,
+      measured: `${st.callsPerSecond.toFixed(1)}/s (${((100 * st.callsPerSecond) / st.ratePerSecond).toFixed(0)}%), each second ${st.perSecond.min}–${st.perSecond.max}`,
+      met: st.callsPerSecond >= 0.95 * st.ratePerSecond && st.perSecond.max <= st.ratePerSecond,
+    });
+  }
+  for (const m of (r.memory ?? []).filter((m) => m.server === 'gateway')) {
+    const goal = perRequestGoal(m.bodyBytes);
+    // The goal holds for every measure: RSS for one more request and since idle, and the live
+    // bytes (V8 heap and memory outside it), which RSS can hide when freed pages are reused.
+    const live = m.perRequest.heapUsed + m.perRequest.external;
+    const worst = Math.max(m.perRequest.rss, m.perRequestFromIdle.rss, live);
+    add({
+      scenario: 'memory',
+      name: `memory per request in flight at ${kb(m.bodyBytes)} (${int(m.held)} held at the upstream)`,
+      goal: `≤ 2 × body + 32 KB = ${kb(goal)}`,
+      measured: `RSS ${kb(m.perRequest.rss)} per request, ${kb(m.perRequestFromIdle.rss)} from idle; live ${kb(live)} (the largest: ${(worst / m.bodyBytes).toFixed(2)}× the body, ${((100 * worst) / goal).toFixed(0)}% of the goal)`,
+      met: worst <= goal,
+    });
+    if (m.bodyBytes < 50_000) {
+      add({
+        scenario: 'memory',
+        name: `${int(m.held)} held at the upstream (~${kb(m.bodyBytes)}): peak RSS`,
+        goal: `≤ ${mb(RSS_GOAL_2000)}`,
+        measured: `${mb(m.hwmBytes)} (${((100 * m.hwmBytes) / RSS_GOAL_2000).toFixed(0)}% of the goal)`,
+        met: m.hwmBytes <= RSS_GOAL_2000,
+      });
+    }
+  }
+  for (const run of r.bytes ?? []) {
+    const refused = run.refusals.count;
+    const allAnswered = Object.keys(run.statuses).every((s) => ['200', '429', '503'].includes(s));
+    const limit = r.settings.bytes.containerBytes;
+    const container = Object.keys(run.env).length > 0;
+    add({
+      scenario: 'bytes',
+      name: `${run.requests} × ${mb(run.bodyBytes)} at once (${run.label}, budget ${mb(run.budget.bytes)})`,
+      goal: container
+        ? `200 or 429/503 with retry-after; peak RSS < ${mb(limit)}`
+        : '200 or 429/503 with retry-after; no crash',
+      measured: `${statusList(run.statuses)}; ${refused > 0 ? `${run.refusals.withRetryAfter}/${refused} refusals with retry-after, the last at ${seconds(run.refusals.lastMs)}; ` : ''}peak RSS ${mb(peakOf(run))}`,
+      met:
+        allAnswered &&
+        run.refusals.withRetryAfter === refused &&
+        (!container || peakOf(run) < limit),
+    });
+  }
+  const l = r.leaving;
+  const last = l?.rounds.at(-1);
+  if (l && last) {
+    const held = last.upstreamRunning * l.bodyBytes;
+    add({
+      scenario: 'bytes',
+      name: `clients that leave: ${l.rounds.length} rounds of ${l.perRound} × ${mb(l.bodyBytes)}, budget ${mb(l.budget.bytes)}`,
+      goal: 'bodies held ≤ the budget',
+      measured: `${last.upstreamRunning} calls still hold ${mb(held)} of bodies while the budget counts ${mb(last.countedAfterLeaving)}; RSS ${mb(last.rssBytes)}`,
+      met: held <= l.budget.bytes,
+    });
+  }
+  const n = r.noisy;
+  if (n) {
+    const ratio = n.flooded.p99 / n.alone.p99;
+    add({
+      scenario: 'noisy',
+      name: `noisy neighbour: steady client's p99 under a ${n.floodRate}/s flood vs alone`,
+      goal: `≤ ${NOISY_GOAL}×, gate saturated`,
+      measured: `${ratio.toFixed(2)}× (${n.flooded.p99.toFixed(0)} vs ${n.alone.p99.toFixed(0)} ms); gate queue ${int(n.gate.queued.min)}–${int(n.gate.queued.max)} while measured`,
+      met: ratio <= NOISY_GOAL && n.gate.queued.min > 0,
+    });
+  }
+  const idle = r.idle;
+  if (idle && idle.compiled.length > 0) {
+    const mean = (v: number[]) => v.reduce((a, x) => a + x, 0) / v.length;
+    const [ts, js] = [mean(idle.sources), mean(idle.compiled)];
+    add({
+      scenario: 'idle',
+      name: 'idle RSS: compiled JavaScript (the image) vs the TypeScript sources',
+      goal: 'the image ships the leaner',
+      measured: `${(js / MB).toFixed(1)} vs ${(ts / MB).toFixed(1)} MB (${pct(js / ts)})`,
+      met: js < ts,
     });
   }
   return checks;
@@ -139,11 +263,6 @@ interface Row {
   p99: string;
   note: string;
 }
-
-const heapNote = (m: NodeJS.MemoryUsage | undefined) =>
-  m
-    ? ` (near the peak: V8 heap ${(m.heapUsed / MB).toFixed(0)} MB used of ${(m.heapTotal / MB).toFixed(0)} MB, array buffers ${(m.arrayBuffers / MB).toFixed(0)} MB)`
-    : '';
 
 function loadRows(label: string, result: LoadResult | undefined, withAdded: boolean): Row[] {
   if (!result) return [];
@@ -184,37 +303,13 @@ function loadRows(label: string, result: LoadResult | undefined, withAdded: bool
 
 function rows(r: Results): Row[] {
   const s = r.settings;
-  const out = [
-    ...loadRows(`hit (${s.connections} conn)`, r.hit, false),
+  return [
+    ...(r.hit ?? []).flatMap((size) =>
+      loadRows(`hit ${kb(size.bodyBytes)} (${s.connections} conn)`, size, false),
+    ),
     ...loadRows(`miss (${s.connections} conn)`, r.miss, false),
     ...loadRows('miss (1 conn)', r.latency, true),
   ];
-  const c = r.concurrency;
-  if (c) {
-    out.push({
-      scenario: `concurrency (${int(c.requests)} in flight)`,
-      server: 'gateway',
-      rps: '—',
-      p50: '—',
-      p99: '—',
-      note: `${int(c.ok)}/${int(c.requests)} ok; ${c.inFlightAtUpstream} at the upstream at once, the last arriving ${(c.lastUpstreamArrivalMs / 1000).toFixed(2)} s after the burst began; answers ${(c.firstAnswerMs / 1000).toFixed(2)}–${(c.lastAnswerMs / 1000).toFixed(2)} s; RSS ${(c.rssBeforeBytes / MB).toFixed(0)} MB idle → peak ${(Math.max(c.hwmBytes, c.peakRssBytes) / MB).toFixed(0)} MB${heapNote(c.memoryAtPeak)}`,
-    });
-  }
-  if (r.merge) {
-    out.push({
-      scenario: `merge (${r.merge.requests} identical)`,
-      server: 'gateway',
-      rps: '—',
-      p50: '—',
-      p99: '—',
-      note: `${r.merge.upstreamCalls} upstream call(s); cache-status ${Object.entries(
-        r.merge.cacheStatuses,
-      )
-        .map(([k, v]) => `${v} × "${k}"`)
-        .join(', ')}`,
-    });
-  }
-  return out;
 }
 
 /** The plain-text tables printed at the end of a run. */
@@ -268,26 +363,6 @@ function profileTable(title: string, summary: ProfileSummary | undefined): strin
   ];
 }
 
-/** How the gateway's memory grew with the requests in flight, when the RSS target was missed. */
-function memoryNote(r: Results): string {
-  const c = r.concurrency;
-  const missed = r.targets.some(
-    (t) => t.scenario === 'concurrency' && t.name.includes('RSS') && !t.met,
-  );
-  if (!c || !missed) return '';
-  const peak = Math.max(c.hwmBytes, c.peakRssBytes);
-  const perRequest = (peak - c.rssBeforeBytes) / c.requests;
-  const m = c.memoryAtPeak;
-  return `Memory, ${int(c.requests)} in flight (not a CPU question, so no CPU profile): RSS grew by ${((peak - c.rssBeforeBytes) / MB).toFixed(0)} MB,
-about ${(perRequest / 1000).toFixed(0)} KB per request in flight for ~${(c.bodyBytes / 1000).toFixed(0)} KB bodies (${(perRequest / c.bodyBytes).toFixed(1)}× the body).${
-    m
-      ? ` Near the peak the V8 heap held ${(m.heapUsed / MB).toFixed(0)} MB (of ${(m.heapTotal / MB).toFixed(0)} MB reserved) and array buffers ${(m.arrayBuffers / MB).toFixed(0)} MB.`
-      : ''
-  }
-
-`;
-}
-
 /** docs/benchmarks.md. */
 export function markdown(r: Results): string {
   const s = r.settings;
@@ -309,29 +384,25 @@ export function markdown(r: Results): string {
   ];
   const noise = Math.max(
     0,
-    ...[r.hit, r.miss, r.latency].flatMap((l) =>
+    ...[...(r.hit ?? []), r.miss, r.latency].flatMap((l) =>
       (l?.targets ?? []).flatMap((t) => t.runs.map((run) => run.otherCpu ?? 0)),
     ),
   );
   const quiet =
     noise > NOISY
-      ? `- **Disturbed:** processes outside the benchmark used up to ${(noise * 100).toFixed(0)}% of the machine's CPU during a run (see the notes); numbers from a quiet machine will differ`
-      : `- Quiet machine: processes outside the benchmark used at most ${(noise * 100).toFixed(0)}% of the CPU during any run`;
-  const gw = Object.entries(s.gateway)
-    .filter(([name]) => name !== 'LOG_LEVEL')
-    .map(([k, v]) => `\`${k}=${v}\``)
-    .join(', ');
-  const logs = (
-    [
-      ['hit', r.hit?.gatewayLog],
-      ['miss', r.latency?.gatewayLog],
-    ] as const
-  ).flatMap(([label, l]) =>
-    l ? [`${label}: ${int(l.lines)} completion lines for ${int(l.sent)} requests sent`] : [],
-  );
-  const linesShort = [r.hit?.gatewayLog, r.latency?.gatewayLog].some((l) => l && l.lines < l.sent)
-    ? ' Fewer lines than requests: a request that the load generator aborts at the end of a run, while the gateway still waits for the upstream, writes no completion line.'
-    : '';
+      ? `- **Disturbed:** processes outside the benchmark used up to ${(noise * 100).toFixed(0)}% of the machine's CPU during a throughput run (see the notes); numbers from a quiet machine will differ`
+      : `- Quiet machine: processes outside the benchmark used at most ${(noise * 100).toFixed(0)}% of the CPU during any throughput run`;
+  const profiles =
+    r.profiles.hit || r.profiles.miss
+      ? `CPU profiles of the gateway process (\`node --cpu-prof\`) under ${s.connections} connections for ${s.profileSeconds} s,
+taken in the same run after the measurements; start-up samples are left out. Self time is time
+spent in the function itself, not in what it calls; percentages are of the process's busy time.
+
+${[
+  ...profileTable(`hit (cache on, ~${kb(s.hitSizes.at(-1) ?? 0)} body)`, r.profiles.hit),
+  ...profileTable('miss (cache off, unique ~2 KB bodies)', r.profiles.miss),
+].join('\n')}`
+      : 'No CPU-bound target (hit, miss, latency) was missed, so no CPU profile was taken.\n';
   return `# Benchmarks
 
 Generated by \`npm run bench\` (\`bench/run.ts\`); do not edit by hand, run it again. Raw numbers of
@@ -344,61 +415,28 @@ suite never asserts them.
 - Command: \`${r.command}\`
 - Code: commit ${r.revision.commit}${r.revision.changed.length > 0 ? `, with uncommitted changes to ${r.revision.changed.map((f) => `\`${f}\``).join(', ')}` : ''}
 - Machine: ${m.cpus} cores (${m.cpuModel}), ${m.memoryGiB.toFixed(1)} GiB memory, ${m.os}, Node.js ${m.node}
-- Runs: ${s.duration} s each, ${s.rounds} rounds taking turns A B A B (medians reported), ${s.warmup} s warm-up per server first, autocannon with ${s.connections} connections unless noted
+- Throughput runs: ${s.duration} s each (hit: ${s.hitDuration} s), ${s.rounds} rounds taking turns A B A B (medians reported), ${s.warmup} s warm-up per server first, autocannon with ${s.connections} connections unless noted
 ${quiet}
-
-## Results
-
-${table.join('\n')}
 
 ## Targets
 
 ${targets.join('\n')}
 
+## Throughput and latency
+
+${table.join('\n')}
+
+${sections(r)}
 ## How it is measured
 
-- Every server runs in its own process: the fake upstream (\`dev/fake-upstream.ts\`), the gateway
-  (\`buildApp\` from \`src/app.ts\`), and each peer. The load generator (autocannon, or undici for the
-  bursts) runs in the bench's own process. All listen on 127.0.0.1. With ${m.cpus} cores, the load
-  generator, the server and (for misses) the fake upstream share them; every peer meets the same.
-- Gateway: \`LOG_LEVEL=info\` (the default: one completion log line per request is part of the
-  product), written to a file as stdout (${logs.join('; ') || 'not counted'}; the checks before the
-  runs add a few).${linesShort} One client, whose rate limit never binds. ${gw}: the upstream gate's
-  defaults (64 in flight, 50 calls/s per token) protect the real upstream and would otherwise be
-  what is measured. \`NODE_ENV=production\`, as in the Dockerfile.
-- Latency percentiles come from every response's own timing (autocannon's histogram has 1 ms
-  resolution), over 2xx responses only.
-- **hit**: one real ${int(r.hit?.bodyBytes ?? 0)}-byte JSON body (a ~100 KB noise PNG in Base64), the
-  same bytes every time, answered from a warm cache. Peer: bare Fastify, default JSON parser, answering a fixed small JSON
-  (the floor for any Node gateway that reads the body). Fastify's default of no logger.
-- **miss**: \`CACHE_TTL_SECONDS=0\`, upstream latency 0, ~${int(r.latency?.bodyBytes ?? 0)}-byte bodies
-  whose question carries a unique id per request (autocannon \`idReplacement\`), so every request
-  reaches the upstream (no cache, no merging). Peers: \`@fastify/http-proxy\` (defaults, no logger,
-  body streamed unparsed) and nginx \`proxy_pass\` (\`worker_processes ${s.nginxWorkers}\`, \`access_log off\`,
-  HTTP/1.1 keep-alive to the upstream). They pass the caller's authorization through, so they are
-  called with the upstream token. The fake upstream's record of calls is reset before every run.
-  At 1 connection the added latency is the server's median p50/p99 minus calling the fake upstream
-  directly with the same bodies.
-- **concurrency**: ${int(r.concurrency?.requests ?? 0)} requests sent at once with undici (one connection each),
-  unique ~${int(r.concurrency?.bodyBytes ?? 0)}-byte bodies, upstream latency ${(r.concurrency?.latencyMs ?? 0) / 1000} s, through a
-  freshly started gateway. Peak RSS is the gateway process's VmHWM (and VmRSS polled every 100 ms).
-- **merge**: ${r.merge?.requests ?? 0} identical requests at once, upstream latency ${(r.merge?.latencyMs ?? 0) / 1000} s; upstream calls
-  counted by the fake upstream (\`GET /__fake/calls\`) before and after.
+${howMeasured(r)}
 
 ## Profile notes
 
-${memoryNote(r)}${
-  r.profiles.hit || r.profiles.miss
-    ? `CPU profiles of the gateway process (\`node --cpu-prof\`) under ${s.connections} connections for ${s.profileSeconds} s,
-taken in the same run after the measurements; start-up samples are left out. Self time is time
-spent in the function itself, not in what it calls; percentages are of the process's busy time.
-
-${[...profileTable('hit (cache on, ~100 KB image)', r.profiles.hit), ...profileTable('miss (cache off, unique ~2 KB bodies)', r.profiles.miss)].join('\n')}`
-    : 'Every target was met, so no profile was taken.\n'
-}${analysis()}`;
+${profiles}${analysis()}`;
 }
 
-/** The hand-written explanation of missed targets (bench/analysis.md), when there is one. */
+/** The hand-written explanation of the results (bench/analysis.md), when there is one. */
 function analysis(): string {
   const path = new URL('./analysis.md', import.meta.url);
   return existsSync(path) ? `\n${readFileSync(path, 'utf8')}` : '';

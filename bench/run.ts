@@ -1,42 +1,53 @@
-// npm run bench [-- --smoke] [--only hit,miss,concurrency] [--duration S] [--rounds N]
-//                 [--profile | --no-profile] [--render]
+// npm run bench [-- --smoke] [--only hit,miss,burst,steady,memory,bytes,noisy,idle]
+//                 [--duration S] [--rounds N] [--profile | --no-profile] [--render]
 //
-// Full run: writes bench/results.json and docs/benchmarks.md. --smoke: a few seconds, every
-// scenario and peer, results to a temp file, never fails on a number. --only: results to a temp
-// file, docs untouched. Profiles of the gateway are taken for the scenarios whose targets were
-// missed, unless --no-profile (--profile: always). --render: docs again from bench/results.json.
+// Full run: writes bench/results.json and docs/benchmarks.md. --smoke: seconds, every scenario
+// and peer, results to a temp file, never fails on a number. --only: results to a temp file, docs
+// untouched. Profiles of the gateway are taken for the CPU-bound scenarios (hit, miss) whose
+// targets were missed, unless --no-profile (--profile: always). --render: docs again from
+// bench/results.json.
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem, type } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { loadConfig } from '../src/config.ts';
+import { machineMemoryBytes } from '../src/machine.ts';
+import { burstAndMerge, steadyState } from './capacity.ts';
+import { FLOOD, noisyNeighbour, STEADY } from './fairness.ts';
+import { idleMemory } from './idle.ts';
+import { clientsLeaving } from './leaving.ts';
+import { boundedBytes, HELD_SERVERS, heldMemory, startHeld } from './memory.ts';
 import {
+  type BenchClient,
   GATEWAY_ENV,
   NGINX_WORKERS,
   nginxPath,
+  type Server,
   startFake,
   startFloor,
   startGateway,
   startHttpProxy,
   startNginx,
+  UPSTREAM_TOKEN,
 } from './peers.ts';
 import { stopAll } from './processes.ts';
 import { checkTargets, consoleReport, markdown, type Results } from './report.ts';
 import {
   type Context,
-  concurrencyAndMerge,
   hit,
   isProfiled,
   miss,
   profile,
   readProfile,
-  type Settings,
+  SCENARIO_ENV,
   startProfiledGateway,
 } from './scenarios.ts';
+import { FULL, type Settings, SMOKE } from './settings.ts';
 
-const SCENARIOS = ['hit', 'miss', 'concurrency'] as const;
+const SCENARIOS = ['hit', 'miss', 'burst', 'steady', 'memory', 'bytes', 'noisy', 'idle'] as const;
 /** At most this much time goes into taking runs again that other processes disturbed. */
-const RETRY_BUDGET_SECONDS = 180;
+const RETRY_BUDGET_SECONDS = 120;
 type Scenario = (typeof SCENARIOS)[number];
 
 const { values: args } = parseArgs({
@@ -51,27 +62,6 @@ const { values: args } = parseArgs({
   allowNegative: true,
 });
 
-const FULL: Settings = {
-  smoke: false,
-  duration: 10,
-  warmup: 2,
-  rounds: 3,
-  connections: 50,
-  concurrency: { requests: 2000, latencyMs: 10_000, bodyBytes: 20_000 },
-  merge: { requests: 200, latencyMs: 2_000 },
-  profileSeconds: 10,
-};
-const SMOKE: Settings = {
-  smoke: true,
-  duration: 0.2,
-  warmup: 0,
-  rounds: 1,
-  connections: 50,
-  concurrency: { requests: 200, latencyMs: 500, bodyBytes: 20_000 },
-  merge: { requests: 20, latencyMs: 200 },
-  profileSeconds: 0.2,
-};
-
 function positive(name: string, raw: string | undefined): number | undefined {
   if (raw === undefined) return undefined;
   const value = Number(raw);
@@ -84,9 +74,7 @@ function selected(): Set<Scenario> {
   const names = args.only.split(',').map((s) => s.trim());
   for (const name of names) {
     if (!SCENARIOS.includes(name as Scenario)) {
-      throw new Error(
-        `--only takes ${SCENARIOS.join(', ')} (merge runs with concurrency); got ${name}`,
-      );
+      throw new Error(`--only takes ${SCENARIOS.join(', ')} (merge runs with burst); got ${name}`);
     }
   }
   return new Set(names as Scenario[]);
@@ -106,6 +94,8 @@ function render(): void {
 async function main(): Promise<void> {
   if (args.render) return render();
   const base = args.smoke ? SMOKE : FULL;
+  // The limits every gateway of the run derives from the defaults on this machine.
+  const defaults = loadConfig({ ACEDATA_API_TOKEN: UPSTREAM_TOKEN }).derived;
   const settings: Settings = {
     ...base,
     duration: positive('duration', args.duration) ?? base.duration,
@@ -137,7 +127,13 @@ async function main(): Promise<void> {
       memoryGiB: totalmem() / 2 ** 30,
       os: `${type()} ${release()}`,
     },
-    settings: { ...settings, gateway: { ...GATEWAY_ENV }, nginxWorkers: NGINX_WORKERS },
+    settings: {
+      ...settings,
+      gateway: { ...GATEWAY_ENV },
+      scenarioEnv: SCENARIO_ENV,
+      nginxWorkers: NGINX_WORKERS,
+    },
+    defaults: { ...defaults, machineMemoryBytes: machineMemoryBytes() },
     profiles: {},
   };
   console.log(
@@ -146,19 +142,22 @@ async function main(): Promise<void> {
   if (!nginx) console.log('bench: nginx is not installed; its rows are skipped');
 
   try {
-    // Every server a scenario needs starts first, all at once: none starts during a measurement.
+    // The CPU-bound scenarios' servers start first, all at once: none starts during their
+    // measurements. Every later scenario starts its own fresh gateway (its memory is measured).
     const fake = await startFake(0);
-    const gateway = (cacheTtlSeconds: number) =>
-      startGateway({ upstreamUrl: fake.url, cacheTtlSeconds, dir });
+    const gateway = (which: 'hit' | 'miss') =>
+      startGateway({ upstreamUrl: fake.url, dir, env: SCENARIO_ENV[which] });
+    const fresh = (env: Record<string, string> = {}, clients?: BenchClient[]) =>
+      startGateway({ upstreamUrl: fake.url, dir, env, ...(clients ? { clients } : {}) });
     // A smoke run profiles the scenarios' own gateways, so that part of the harness keeps working.
     const profiled = (which: 'hit' | 'miss') => startProfiledGateway(ctx, fake, which);
-    const [hitServers, missServers, burstGateway] = await Promise.all([
+    const [hitServers, missServers] = await Promise.all([
       only.has('hit')
-        ? Promise.all([settings.smoke ? profiled('hit') : gateway(3600), startFloor()])
+        ? Promise.all([settings.smoke ? profiled('hit') : gateway('hit'), startFloor()])
         : undefined,
       only.has('miss')
         ? Promise.all([
-            settings.smoke ? profiled('miss') : gateway(0),
+            settings.smoke ? profiled('miss') : gateway('miss'),
             startHttpProxy(fake.url),
             // nginx is a peer, not the subject: if it cannot start, its rows are skipped.
             nginx
@@ -166,12 +165,13 @@ async function main(): Promise<void> {
               : 'not installed (`which nginx` found nothing)',
           ])
         : undefined,
-      only.has('concurrency') ? gateway(3600) : undefined,
     ]);
     log('servers started');
 
     if (hitServers) {
-      log('hit: warm cache, ~100 KB image');
+      log(
+        `hit: warm cache, bodies of ${settings.hitSizes.map((b) => `~${(b / 1000).toFixed(1)} KB`).join(', ')}`,
+      );
       partial.hit = await hit(ctx, { gateway: hitServers[0], floor: hitServers[1] });
     }
     if (missServers) {
@@ -182,11 +182,78 @@ async function main(): Promise<void> {
       partial.miss = result.throughput;
       partial.latency = result.latency;
     }
-    if (burstGateway) {
+    if (only.has('burst')) {
+      const b = settings.burst;
       log(
-        `concurrency: ${settings.concurrency.requests} in flight, then merge: ${settings.merge.requests} identical`,
+        `burst: ${b.requests} distinct ~${b.bodyBytes / 1000} KB requests at once, upstream ${b.latencyMs / 1000} s, default settings; then merge: ${settings.merge.requests} identical`,
       );
-      Object.assign(partial, await concurrencyAndMerge(ctx, { fake, gateway: burstGateway }));
+      Object.assign(partial, await burstAndMerge(ctx, { fake, gateway: await fresh() }));
+    }
+    if (only.has('steady')) {
+      const st = settings.steady;
+      log(
+        `steady: upstream ${st.latencyMs / 1000} s, calls started per second in ${st.windowMs[0] / 1000}–${st.windowMs[1] / 1000} s`,
+      );
+      partial.steady = await steadyState(
+        ctx,
+        { fake, gateway: await fresh() },
+        defaults.upstreamRatePerSecond,
+      );
+    }
+    if (only.has('memory')) {
+      log(
+        `memory: requests held in flight, ${settings.memory.sizes.map((s) => `${s.requests} × ~${(s.bodyBytes / 1000).toFixed(1)} KB`).join(', ')}`,
+      );
+      partial.memory = [];
+      for (const size of settings.memory.sizes) {
+        // Fresh processes for every size, started together before any is measured.
+        const servers = await Promise.all(HELD_SERVERS.map((which) => startHeld(ctx, fake, which)));
+        for (const [i, which] of HELD_SERVERS.entries()) {
+          const server = servers[i] as Server;
+          partial.memory.push(await heldMemory(ctx, fake, server, which, size));
+        }
+      }
+    }
+    if (only.has('bytes')) {
+      const by = settings.bytes;
+      log(
+        `bytes: ${by.requests} distinct ~${by.bodyBytes / 1e6} MB bodies at once, upstream ${by.latencyMs / 1000} s`,
+      );
+      const container = String(Math.floor(by.containerBytes / 8));
+      const gib = by.containerBytes / 2 ** 30;
+      partial.bytes = [];
+      for (const which of settings.bytesRuns) {
+        partial.bytes.push(
+          which === 'defaults'
+            ? await boundedBytes(ctx, fake, { label: 'defaults', env: {}, clients: 1 })
+            : await boundedBytes(ctx, fake, {
+                label: `${gib < 1 ? gib.toFixed(2) : gib.toFixed(0)} GiB container`,
+                env: { INFLIGHT_BYTES_MAX: container },
+                clients: 4,
+              }),
+        );
+      }
+      const l = settings.leaving;
+      log(
+        `leaving: ${l.rounds} rounds of ${l.perRound} such bodies, the clients leave once their calls are upstream`,
+      );
+      partial.leaving = await clientsLeaving(ctx, fake);
+    }
+    if (only.has('noisy')) {
+      const n = settings.noisy;
+      log(
+        `noisy: steady client at ${n.steadyRate}/s, then under a flood at ${n.floodRate}/s; upstream ${n.latencyMs / 1000} s`,
+      );
+      partial.noisy = await noisyNeighbour(ctx, {
+        fake,
+        gateway: await fresh({}, [FLOOD, STEADY]),
+      });
+    }
+    if (only.has('idle')) {
+      log(
+        `idle: node src/server.ts vs node dist/server.js, RSS ${settings.idle.settleSeconds} s after /healthz answers`,
+      );
+      partial.idle = await idleMemory(ctx, fake);
     }
     const targets = checkTargets(partial);
 

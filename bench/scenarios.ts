@@ -2,8 +2,9 @@
 // that they answer as expected, measures, and stops them.
 import { createReadStream, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { makePng, QUESTION, recognitionBody, UNIQUE_MARK } from './bodies.ts';
-import { type BurstResponse, burst, cannon, type LoadRun, post } from './load.ts';
+import { makePng, pngForBody, QUESTION, recognitionBody, UNIQUE_MARK } from './bodies.ts';
+import { resetFake } from './fake.ts';
+import { cannon, type LoadRun, post } from './load.ts';
 import {
   CLIENT_KEY,
   type GatewayServer,
@@ -11,32 +12,10 @@ import {
   startGateway,
   UPSTREAM_TOKEN,
 } from './peers.ts';
-import { memoryOf, memoryUsageOf, pollMemory } from './processes.ts';
 import { type ProfileSummary, summarise } from './profile.ts';
+import type { Context } from './settings.ts';
 
-export interface Settings {
-  smoke: boolean;
-  /** Seconds per measured autocannon run. */
-  duration: number;
-  /** Seconds of unmeasured load per target before the rounds. */
-  warmup: number;
-  /** Rounds of A B A B …; medians are reported. */
-  rounds: number;
-  connections: number;
-  concurrency: { requests: number; latencyMs: number; bodyBytes: number };
-  merge: { requests: number; latencyMs: number };
-  /** Seconds of load while profiling. */
-  profileSeconds: number;
-}
-
-export interface Context {
-  settings: Settings;
-  /** Temporary directory of this run. */
-  dir: string;
-  /** Seconds still allowed for taking disturbed runs again. */
-  retryBudgetSeconds: number;
-  log(line: string): void;
-}
+export type { Context, Settings } from './settings.ts';
 
 export interface TargetResult {
   name: string;
@@ -56,40 +35,22 @@ export interface LoadResult {
   gatewayLog?: { lines: number; sent: number };
 }
 
-export interface ConcurrencyResult {
-  requests: number;
-  latencyMs: number;
-  bodyBytes: number;
-  ok: number;
-  statuses: Record<string, number>;
-  /** Upstream calls the fake had received before the first answer came back. */
-  inFlightAtUpstream: number;
-  /** When the last upstream call reached the fake, from the start of the burst. */
-  lastUpstreamArrivalMs: number;
-  firstAnswerMs: number;
-  lastAnswerMs: number;
-  rssBeforeBytes: number;
-  /** Highest VmRSS sampled every 100 ms, and the kernel's VmHWM. */
-  peakRssBytes: number;
-  hwmBytes: number;
-  /** process.memoryUsage() of the gateway when its sampled RSS was highest. */
-  memoryAtPeak?: NodeJS.MemoryUsage;
-}
-
-export interface MergeResult {
-  requests: number;
-  latencyMs: number;
-  upstreamCalls: number;
-  statuses: Record<string, number>;
-  cacheStatuses: Record<string, number>;
-}
-
 /** Above this share of the CPU used by other processes, a run is reported as disturbed. */
 export const NOISY = 0.05;
 /** How often a disturbed run is taken again. */
 const RETRIES = 2;
 
 const gatewayHeaders = { authorization: `Bearer ${CLIENT_KEY}` };
+
+/**
+ * Settings that differ from the defaults, per scenario. The miss scenario measures the gateway's
+ * own work per call, not its upstream gate: the gate's rate (60 calls/s by default, the upstream's
+ * limit per token) would be what is measured, so it is raised; and caching is off.
+ */
+export const SCENARIO_ENV = {
+  hit: {},
+  miss: { CACHE_TTL_SECONDS: '0', UPSTREAM_RATE_PER_SECOND: '100000' },
+} as const satisfies Record<string, Record<string, string>>;
 /** Passthrough proxies forward the caller's authorization, so the caller holds the upstream token. */
 const upstreamHeaders = { authorization: `Bearer ${UPSTREAM_TOKEN}` };
 
@@ -106,6 +67,7 @@ async function alternate(
   targets: Target[],
   load: { body: string; connections: number; unique: boolean },
   beforeEach: () => Promise<void> = async () => {},
+  duration = ctx.settings.duration,
 ): Promise<TargetResult[]> {
   const { settings } = ctx;
   const sent = new Map<Target, number>();
@@ -119,16 +81,16 @@ async function alternate(
   const runs = targets.map(() => [] as LoadRun[]);
   for (let round = 1; round <= settings.rounds; round++) {
     for (const [i, target] of targets.entries()) {
-      let result = await run(target, settings.duration);
+      let result = await run(target, duration);
       // Other work on the machine (a test suite, a build) skews a run: take it again, while the
       // run's retry budget lasts (so a machine that stays busy costs minutes, not hours).
       for (let retry = 1; retry <= RETRIES && (result.otherCpu ?? 0) > NOISY; retry++) {
-        if (ctx.retryBudgetSeconds < settings.duration) break;
-        ctx.retryBudgetSeconds -= settings.duration;
+        if (ctx.retryBudgetSeconds < duration) break;
+        ctx.retryBudgetSeconds -= duration;
         ctx.log(
           `  ${label} round ${round} ${target.name}: other processes used ${((result.otherCpu ?? 0) * 100).toFixed(0)}% of the CPU; running it again`,
         );
-        result = await run(target, settings.duration);
+        result = await run(target, duration);
       }
       runs[i]?.push(result);
       const problems = result.non2xx + result.errors + result.timeouts;
@@ -169,19 +131,6 @@ async function expectOk(target: Target, body: string, cacheStatus?: string): Pro
   }
 }
 
-async function fakeControl(fake: Server, path: string, body?: unknown): Promise<unknown> {
-  const res = await fetch(`${fake.url}/__fake/${path}`, {
-    method: body === undefined ? 'GET' : 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  if (!res.ok) throw new Error(`fake upstream /__fake/${path} answered ${res.status}`);
-  return res.json();
-}
-
-const upstreamCalls = async (fake: Server) =>
-  ((await fakeControl(fake, 'calls')) as { count: number }).count;
-
 /** Counts "request completed" lines in the gateway's stdout. */
 async function completionLines(file: string): Promise<number> {
   let count = 0;
@@ -198,33 +147,47 @@ async function completionLines(file: string): Promise<number> {
 const sentTo = (targets: TargetResult[], name: string) =>
   targets.find((t) => t.name === name)?.sent ?? 0;
 
-/** Cache hits: a ~100 KB PNG answered from a warm cache, against bare Fastify parsing the body. */
+/**
+ * Cache hits at each body size: the same bytes every time, answered from a warm cache, against
+ * bare Fastify parsing the body with its default parser. One result per size.
+ */
 export async function hit(
   ctx: Context,
   servers: { gateway: GatewayServer; floor: Server },
-): Promise<LoadResult> {
-  const body = recognitionBody(QUESTION, makePng(100_000));
+): Promise<LoadResult[]> {
   const targets: Target[] = [
     { name: 'gateway', url: servers.gateway.url, headers: gatewayHeaders },
     { name: 'bare Fastify', url: servers.floor.url, headers: {} },
   ];
-  await expectOk(targets[0] as Target, body); // warms the cache
-  await expectOk(targets[0] as Target, body, '; hit');
-  await expectOk(targets[1] as Target, body);
-  const load = { body, connections: ctx.settings.connections, unique: false };
-  const results = await alternate(ctx, 'hit', targets, load);
+  const results: LoadResult[] = [];
+  for (const size of ctx.settings.hitSizes) {
+    const body = recognitionBody(QUESTION, pngForBody(size));
+    await expectOk(targets[0] as Target, body); // warms the cache
+    await expectOk(targets[0] as Target, body, '; hit');
+    await expectOk(targets[1] as Target, body);
+    const bodyBytes = Buffer.byteLength(body);
+    const load = { body, connections: ctx.settings.connections, unique: false };
+    const label = `hit ${(bodyBytes / 1000).toFixed(1)} KB`;
+    const measured = await alternate(
+      ctx,
+      label,
+      targets,
+      load,
+      undefined,
+      ctx.settings.hitDuration,
+    );
+    results.push({ connections: load.connections, bodyBytes, targets: measured, skipped: [] });
+  }
   await servers.gateway.child.stop();
   await servers.floor.child.stop();
-  return {
-    connections: load.connections,
-    bodyBytes: Buffer.byteLength(body),
-    targets: results,
-    skipped: [],
-    gatewayLog: {
+  const last = results[results.length - 1];
+  if (last) {
+    last.gatewayLog = {
       lines: await completionLines(servers.gateway.logFile),
-      sent: sentTo(results, 'gateway'),
-    },
-  };
+      sent: results.reduce((n, r) => n + sentTo(r.targets, 'gateway'), 0),
+    };
+  }
+  return results;
 }
 
 export interface MissResult {
@@ -265,7 +228,7 @@ export async function miss(
   for (const target of [...peers, direct]) await expectOk(target, check);
   const skipped = typeof servers.nginx === 'string' ? [`nginx: ${servers.nginx}`] : [];
   // Keeps the fake's record of calls (and its memory) small between runs.
-  const reset = async () => void (await fakeControl(fake, 'reset', {}));
+  const reset = () => resetFake(fake);
   const bodyBytes = Buffer.byteLength(body.replace(UNIQUE_MARK, 'x'.repeat(33)));
 
   const throughputLoad = { body, connections: ctx.settings.connections, unique: true };
@@ -300,106 +263,6 @@ export async function miss(
   };
 }
 
-const tally = (values: Array<string | number | undefined>) => {
-  const counts: Record<string, number> = {};
-  for (const value of values) counts[String(value)] = (counts[String(value)] ?? 0) + 1;
-  return counts;
-};
-
-/**
- * Many requests in flight at once (unique ~20 KB bodies, slow upstream) through a fresh gateway
- * whose peak RSS is watched; then, on the same servers, identical concurrent requests that must
- * merge into one upstream call.
- */
-export async function concurrencyAndMerge(
-  ctx: Context,
-  servers: { fake: Server; gateway: GatewayServer },
-): Promise<{ concurrency: ConcurrencyResult; merge: MergeResult }> {
-  const { fake, gateway } = servers;
-  const { requests, latencyMs, bodyBytes } = ctx.settings.concurrency;
-  await fakeControl(fake, 'reset', {});
-  await fakeControl(fake, 'faults', { latencyMs });
-  const run = Date.now().toString(36);
-  const png = makePng(Math.round(bodyBytes * 0.75) - 100);
-  const bodies = Array.from({ length: requests }, (_, i) =>
-    recognitionBody(`${QUESTION} #${i} ${run}`, png),
-  );
-  const before = memoryOf(gateway.child.pid);
-  const memory = pollMemory(gateway.child.pid, 100);
-  // The heap breakdown at the highest RSS seen (sampled less often: it asks the busy process).
-  let atPeak: { rss: number; usage: NodeJS.MemoryUsage } | undefined;
-  let sampling = true;
-  const breakdown = (async () => {
-    while (sampling) {
-      const usage = await memoryUsageOf(gateway.child);
-      if (usage && usage.rss > (atPeak?.rss ?? 0)) atPeak = { rss: usage.rss, usage };
-      await new Promise((resolve) => setTimeout(resolve, 250));
-    }
-  })();
-  // No answer can come back before the upstream latency has passed, so every call the fake has
-  // received before the first answer is in flight at once.
-  let answered = false;
-  let inFlight = 0;
-  const watch = (async () => {
-    while (!answered) {
-      const calls = await upstreamCalls(fake).catch(() => inFlight);
-      if (!answered) inFlight = Math.max(inFlight, calls);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-  })();
-  const burstStartedAt = Date.now();
-  const answers = await burst(gateway.url, gatewayHeaders, bodies, () => {
-    answered = true;
-  });
-  await watch;
-  const peak = memory.stop();
-  sampling = false;
-  await breakdown;
-  const arrivals = (
-    (await fakeControl(fake, 'calls')) as { calls: Array<{ at: number }> }
-  ).calls.map((c) => c.at - burstStartedAt);
-  const ok = answers.filter((a) => a.status === 200).length;
-  ctx.log(`  concurrency: ${ok}/${requests} ok, peak RSS ${(peak.hwm / 1e6).toFixed(0)} MB`);
-  const concurrency: ConcurrencyResult = {
-    requests,
-    latencyMs,
-    bodyBytes: Buffer.byteLength(bodies[0] ?? ''),
-    ok,
-    statuses: tally(answers.map(statusOf)),
-    inFlightAtUpstream: inFlight,
-    lastUpstreamArrivalMs: Math.max(...arrivals),
-    firstAnswerMs: Math.min(...answers.map((a) => a.ms)),
-    lastAnswerMs: Math.max(...answers.map((a) => a.ms)),
-    rssBeforeBytes: before?.rss ?? 0,
-    peakRssBytes: peak.maxRss,
-    hwmBytes: peak.hwm,
-    memoryAtPeak: atPeak?.usage,
-  };
-
-  const merge = ctx.settings.merge;
-  await fakeControl(fake, 'reset', {});
-  await fakeControl(fake, 'faults', { latencyMs: merge.latencyMs });
-  const same = recognitionBody(`${QUESTION} merge ${run}`, makePng(1_400));
-  const callsBefore = await upstreamCalls(fake);
-  const merged = await burst(gateway.url, gatewayHeaders, Array(merge.requests).fill(same));
-  const upstream = (await upstreamCalls(fake)) - callsBefore;
-  await fakeControl(fake, 'reset', {});
-  await gateway.child.stop();
-  ctx.log(`  merge: ${merge.requests} identical requests → ${upstream} upstream call(s)`);
-  return {
-    concurrency,
-    merge: {
-      requests: merge.requests,
-      latencyMs: merge.latencyMs,
-      upstreamCalls: upstream,
-      statuses: tally(merged.map(statusOf)),
-      cacheStatuses: tally(merged.map((a) => a.cacheStatus?.replace('acedata-gateway; ', ''))),
-    },
-  };
-}
-
-const statusOf = (a: BurstResponse) => (a.status === 0 ? (a.error ?? 'error') : a.status);
-
 export interface ProfiledGateway extends GatewayServer {
   which: 'hit' | 'miss';
   profileDir: string;
@@ -420,8 +283,8 @@ export async function startProfiledGateway(
   const spawnedAt = performance.now();
   const gateway = await startGateway({
     upstreamUrl: fake.url,
-    cacheTtlSeconds: which === 'hit' ? 3600 : 0,
     dir: ctx.dir,
+    env: SCENARIO_ENV[which],
     cpuProfileDir: profileDir,
   });
   return { ...gateway, which, profileDir, spawnedAt };
@@ -431,7 +294,7 @@ export async function startProfiledGateway(
 export async function profile(ctx: Context, gateway: ProfiledGateway): Promise<ProfileSummary> {
   const body =
     gateway.which === 'hit'
-      ? recognitionBody(QUESTION, makePng(100_000))
+      ? recognitionBody(QUESTION, pngForBody(ctx.settings.hitSizes.at(-1) ?? 133_500))
       : recognitionBody(`${QUESTION} ${UNIQUE_MARK}`, makePng(1_400));
   const target = { name: 'gateway', url: gateway.url, headers: gatewayHeaders };
   await expectOk(target, body.replace(UNIQUE_MARK, 'warm'));

@@ -1,11 +1,31 @@
-// Shared by the server entry points: report the URL, and never outlive the benchmark.
+// Shared by the server entry points: report the URL, answer the parent's memory questions, and
+// never outlive the benchmark.
+
+export interface AnnounceOptions {
+  /** The admin server's URL (the gateway's /metrics), sent to the parent with the URL. */
+  adminUrl?: string;
+  /** Extra numbers sent with every memory answer (e.g. requests a server holds). */
+  stats?: () => Record<string, number>;
+}
+
+/** What a server answers to 'memoryUsage' and 'gc' over IPC. */
+export interface MemoryAnswer {
+  memoryUsage: NodeJS.MemoryUsage;
+  /** True when a full garbage collection ran first (the process was started with --expose-gc). */
+  gc: boolean;
+  stats: Record<string, number>;
+}
 
 /**
  * Prints the URL on stdout (for a person running the server alone) and sends it to the parent
  * over IPC. When the parent goes away (its IPC channel closes), or on SIGTERM/SIGINT, `close` runs
  * and the process exits, so a crashed benchmark leaves no server behind.
  */
-export function announce(url: string, close: () => Promise<unknown> = async () => {}): void {
+export function announce(
+  url: string,
+  close: () => Promise<unknown> = async () => {},
+  options: AnnounceOptions = {},
+): void {
   process.stdout.write(`${url}\n`);
   let closing = false;
   const stop = () => {
@@ -19,11 +39,20 @@ export function announce(url: string, close: () => Promise<unknown> = async () =
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
   if (process.send) {
-    process.send({ url });
+    process.send({ url, adminUrl: options.adminUrl });
     process.once('disconnect', stop);
-    // The parent samples the heap breakdown while it watches RSS.
+    // The parent samples the heap breakdown while it watches RSS; 'gc' first collects garbage
+    // (only when started with --expose-gc), so that what is left is what the process holds.
     process.on('message', (message) => {
-      if (message === 'memoryUsage') process.send?.({ memoryUsage: process.memoryUsage() });
+      if (message !== 'memoryUsage' && message !== 'gc') return;
+      const collect = message === 'gc' ? (globalThis as { gc?: () => void }).gc : undefined;
+      collect?.();
+      const answer: MemoryAnswer = {
+        memoryUsage: process.memoryUsage(),
+        gc: collect !== undefined,
+        stats: options.stats?.() ?? {},
+      };
+      process.send?.(answer);
     });
   }
 }
