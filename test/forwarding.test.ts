@@ -178,6 +178,16 @@ describe("exact forwarding: the client's values, as written", () => {
     },
   );
 
+  gatewayTest(
+    'a rewrite writes strings anew: escapes may change, values never do',
+    async ({ gateway }) => {
+      const sent = `{"q":"\\u00e9\\/\\ud83d\\ude8c","queries":["data:image/png;base64,${PNG_1X1}"]}`;
+      const { rawBody } = await forwarded(gateway, sent);
+      expect(rawBody).toBe(`{"q":"é/🚌","queries":["${PNG_1X1}"]}`);
+      expect(JSON.parse(rawBody).q).toBe(JSON.parse(sent).q);
+    },
+  );
+
   gatewayTest('unknown fields of every JSON type pass through', async ({ gateway }) => {
     const extra =
       '"website_url":"https://site.example","options":{"grid":[3,3],"nested":{"deep":[{"k":null}]}},"flag":true,"none":null,"text":"line\\nbreak \\"quoted\\""';
