@@ -12,7 +12,10 @@ import {
 /** Node's parser errors we answer (others, like a reset, have nobody left to answer). */
 const CLIENT_ERRORS: Readonly<Record<string, () => GatewayError>> = {
   ERR_HTTP_REQUEST_TIMEOUT: () =>
-    new GatewayError('request_timeout', 'the request was not received in full within the request timeout'),
+    new GatewayError(
+      'request_timeout',
+      'the request was not received in full within the request timeout',
+    ),
   HPE_HEADER_OVERFLOW: () =>
     new GatewayError('headers_too_large', 'request headers exceed the size limit'),
 };

@@ -24,7 +24,9 @@ const MAGIC: ReadonlyArray<(b: Buffer) => boolean> = [
   (b) => b.length >= 6 && /^GIF8[79]a$/.test(b.toString('latin1', 0, 6)),
   // WebP
   (b) =>
-    b.length >= 12 && b.toString('latin1', 0, 4) === 'RIFF' && b.toString('latin1', 8, 12) === 'WEBP',
+    b.length >= 12 &&
+    b.toString('latin1', 0, 4) === 'RIFF' &&
+    b.toString('latin1', 8, 12) === 'WEBP',
   // BMP
   (b) => b.length >= 14 && b[0] === 0x42 && b[1] === 0x4d,
 ];
@@ -106,7 +108,9 @@ export interface ImageLimits {
 /** A limit one (well-formed) item breaks, or undefined. */
 export function imageLimitProblem(forward: string, limits: ImageLimits): string | undefined {
   if (isImageUrl(forward)) {
-    return limits.imageUrls === 'deny' ? 'is an image URL; this gateway accepts Base64 images only' : undefined;
+    return limits.imageUrls === 'deny'
+      ? 'is an image URL; this gateway accepts Base64 images only'
+      : undefined;
   }
   return decodedLength(forward) > limits.maxImageBytes
     ? `decodes to more than ${limits.maxImageBytes} bytes`
