@@ -280,10 +280,18 @@ describe('a client cannot make the gateway read more than the bound', {
       );
       const { socket: server, closed } = await serverSide(client.socket);
       const written = client.stream(total);
-      expect((await within(client.response, BOUND_MS, 'the 401')).status).toBe(401);
+      const response = await within(client.response, BOUND_MS, 'the 401');
+      expect(response.status).toBe(401);
       await within(closed, BOUND_MS, "the server's close");
       expect(server.bytesRead).toBeLessThan(LINGER.maxBytes + SLACK);
       expect(await within(written, BOUND_MS, 'the writer to stop')).toBeLessThan(total);
+      // The close is not a client leaving: the request keeps its one completion line.
+      const lines = gateway
+        .logs()
+        .filter(
+          (l) => l.msg === 'request completed' && l.trace_id === response.headers['x-request-id'],
+        );
+      expect(lines).toMatchObject([{ status: 401, error_code: 'invalid_token' }]);
     },
   );
 
