@@ -1,6 +1,6 @@
-// Redis loss: two gateway replicas share one Redis under steady traffic. After 1,500 answers Redis
-// is killed (SIGKILL, no persistence); once both replicas have seen the connection drop and 600
-// more answers were given, it is started again, empty; once both have reconnected, 1,500 more.
+// Redis loss: two gateway replicas share one Redis under steady traffic. After 1,000 answers Redis
+// is killed (SIGKILL, no persistence); once both replicas have seen the connection drop and 400
+// more answers were given, it is started again, empty; once both have reconnected, 1,000 more.
 // Every request must still get a 200 (RATE_LIMIT_ON_STORE_ERROR=allow), /readyz must report the
 // outage as degraded with 200 and recover by itself, and afterwards the cache, the rate limit and
 // task ownership must be shared through Redis again, in the same processes (no restart), with
@@ -35,7 +35,7 @@ import {
 } from './support.ts';
 
 /** Answers before the kill, during the outage (after both replicas saw it), after recovery. */
-const ANSWERS = { before: 1_500, outage: 600, after: 1_500 };
+const ANSWERS = { before: 1_000, outage: 400, after: 1_000 };
 const WORKERS = 8;
 const UPSTREAM_LATENCY_MS = 50;
 /**

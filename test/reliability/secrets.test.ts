@@ -171,60 +171,64 @@ describe('secrets', () => {
         },
         { body: body([image], { callback: `https://example.invalid/?token=${OTHER_CLIENT_KEY}` }) },
       ];
-      const faults: Array<Fault | undefined> = [
-        undefined,
-        { kind: 'status', status: 403, code: 'forbidden' },
-        { kind: 'status', status: 429 },
-        { kind: 'status', status: 500, message: `upstream saw ${image.slice(0, 64)}` },
-        { kind: 'garbage', body: `<html>${image}</html>` },
-        { kind: 'garbage', status: 502, body: image },
-        { kind: 'malformed' },
-        { kind: 'reset' },
-        { kind: 'hang' },
-        { kind: 'status', status: 401, code: 'invalid_token' },
-        { kind: 'status', status: 403, code: 'used_up' },
+      // Each group shares a gateway. A 429 rests the token for a second, and a rejection takes
+      // it out of rotation: those get a gateway of their own, so every fault reaches the upstream.
+      const faultGroups: Array<Array<Fault | undefined>> = [
+        [
+          undefined,
+          { kind: 'status', status: 403, code: 'forbidden' },
+          { kind: 'status', status: 500, message: `upstream saw ${image.slice(0, 64)}` },
+          { kind: 'garbage', body: `<html>${image}</html>` },
+          { kind: 'garbage', status: 502, body: image },
+          { kind: 'malformed' },
+          { kind: 'reset' },
+          { kind: 'hang' },
+        ],
+        [{ kind: 'status', status: 429 }],
+        [{ kind: 'status', status: 401, code: 'invalid_token' }],
+        [{ kind: 'status', status: 403, code: 'used_up' }],
       ];
       const statuses: Record<string, number> = {};
       const levels: Record<string, number> = {};
       let upstreamCalls = 0;
       let passedThrough = 0;
       let sent = 0;
-      // A gateway per fault: a rejected token leaves rotation, and the next fault must still
-      // reach the upstream.
-      for (const fault of faults) {
+      for (const faults of faultGroups) {
         const gw = await startGateway(FAULT_SETTINGS, { fake });
         try {
-          fake.reset();
-          fake.setDefaultFault(fault);
-          for (const [i, request] of requests.entries()) {
-            const requestId = `secrets-${sent}-${i}`;
-            const res = await postJson(gw, {
-              url: request.url,
-              key: request.key,
-              body: request.body,
-              // A fresh cache key per request, so every valid one reaches the faulty upstream.
-              headers: {
-                'cache-control': 'no-store',
-                'x-request-id': requestId,
-                ...request.headers,
-              },
-            });
-            sent++;
-            statuses[res.statusCode] = (statuses[res.statusCode] ?? 0) + 1;
-            // The gateway's own errors; an upstream error passes through as the upstream wrote it
-            // (here one that quotes the caller's own image back to it): never with a secret.
-            const own = asEnvelope(res.body)?.trace_id === requestId;
-            if (res.statusCode >= 400) scanner.scan('error body', res.body, { images: own });
-            if (res.statusCode >= 400 && !own) passedThrough++;
-            scanner.scan('response headers', JSON.stringify(res.headers));
-            for (const call of fake.calls.splice(0)) {
-              upstreamCalls++;
-              const { authorization, ...others } = call.headers;
-              expect(authorization).toBe(`Bearer ${UPSTREAM_TOKEN}`);
-              scanner.scan('upstream request headers', JSON.stringify(others));
-              for (const key of [CLIENT_KEY, OTHER_CLIENT_KEY, WRONG_KEY]) {
-                const inBody = JSON.stringify(request.body).includes(key);
-                expect(call.rawBody.includes(key) && !inBody).toBe(false);
+          for (const fault of faults) {
+            fake.reset();
+            fake.setDefaultFault(fault);
+            for (const [i, request] of requests.entries()) {
+              const requestId = `secrets-${sent}-${i}`;
+              const res = await postJson(gw, {
+                url: request.url,
+                key: request.key,
+                body: request.body,
+                // A fresh cache key per request, so every valid one reaches the faulty upstream.
+                headers: {
+                  'cache-control': 'no-store',
+                  'x-request-id': requestId,
+                  ...request.headers,
+                },
+              });
+              sent++;
+              statuses[res.statusCode] = (statuses[res.statusCode] ?? 0) + 1;
+              // The gateway's own errors; an upstream error passes through as the upstream wrote it
+              // (here one that quotes the caller's own image back to it): never with a secret.
+              const own = asEnvelope(res.body)?.trace_id === requestId;
+              if (res.statusCode >= 400) scanner.scan('error body', res.body, { images: own });
+              if (res.statusCode >= 400 && !own) passedThrough++;
+              scanner.scan('response headers', JSON.stringify(res.headers));
+              for (const call of fake.calls.splice(0)) {
+                upstreamCalls++;
+                const { authorization, ...others } = call.headers;
+                expect(authorization).toBe(`Bearer ${UPSTREAM_TOKEN}`);
+                scanner.scan('upstream request headers', JSON.stringify(others));
+                for (const key of [CLIENT_KEY, OTHER_CLIENT_KEY, WRONG_KEY]) {
+                  const inBody = JSON.stringify(request.body).includes(key);
+                  expect(call.rawBody.includes(key) && !inBody).toBe(false);
+                }
               }
             }
           }
