@@ -89,8 +89,9 @@ describeWithRedis('quota and rate-limit counters under cache pressure', () => {
       }
       g.fake.setDefaultFault(undefined);
       expect(await evictedKeys()).toBeGreaterThan(0);
-      // Some answers are gone (evicted), which is what the budget is for.
-      expect((await direct.keys('agw:cache:*')).length).toBeLessThan(flooded);
+      // Some answers are gone (evicted), which is what the budget is for: fewer are left than the
+      // three of checkout-service and the flood's stored.
+      expect((await direct.keys('agw:cache:*')).length).toBeLessThan(3 + flooded);
 
       // The counters are intact: same values, same window, no TTL.
       expect(await direct.get(quotaKey)).toBe('3');

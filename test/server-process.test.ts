@@ -218,7 +218,11 @@ describe('server process: serving over a real socket', () => {
           code: 0,
           signal: null,
         });
-        expect(server.lines.at(-1)?.msg).toBe('closed');
+        const messages = server.lines.map((l) => l.msg);
+        expect(messages).toContain('closed');
+        expect(
+          server.lines.filter((l) => l.msg === 'request completed' && l.status === 200),
+        ).toHaveLength(10);
       } finally {
         await upstream.close();
       }
