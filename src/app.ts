@@ -143,19 +143,27 @@ function useGatewayErrors(app: FastifyInstance): void {
       .headers(gatewayError.headers)
       .send(gatewayError.envelope(request.id));
   });
+  // Unknown routes are answered by answerUnknownRoutesEarly; this is for a matched route whose
+  // plugin finds nothing (a missing file under /docs/static calls reply.callNotFound()).
+  app.setNotFoundHandler((request) => {
+    throw new GatewayError('no_api', `nothing at ${request.method} ${shownPath(request.url)}`);
+  });
+}
+
+/** The path of a URL, without the query and cut short, for a 404 message. */
+function shownPath(url: string): string {
+  const path = url.split('?')[0] ?? '';
+  return path.length > 128 ? `${path.slice(0, 128)}…` : path;
 }
 
 /**
  * Answers an unknown route before its body is read: nobody should be able to make the gateway
- * read (or reject as 400/413/415) a body it will never use. Fastify's own not-found handler is
- * never reached after this hook.
+ * read (or reject as 400/413/415) a body it will never use.
  */
 function answerUnknownRoutesEarly(app: FastifyInstance): void {
   app.addHook('onRequest', (request, _reply, done) => {
     if (!request.is404) return done();
-    const path = request.url.split('?')[0] ?? '';
-    const shown = path.length > 128 ? `${path.slice(0, 128)}…` : path;
-    done(new GatewayError('no_api', `no route for ${request.method} ${shown}`));
+    done(new GatewayError('no_api', `no route for ${request.method} ${shownPath(request.url)}`));
   });
 }
 
