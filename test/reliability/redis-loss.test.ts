@@ -176,6 +176,23 @@ describeWithRedis('redis loss', () => {
         }
       }
 
+      /** Merge events of both replicas (merged, remote, fallback, …) so far. */
+      const mergeEventsNow = async () => {
+        const events: Record<string, number> = {};
+        for (const g of replicas) {
+          for (const { labels, value } of (await adminMetrics(g)).series(
+            'gateway_merge_events_total',
+          )) {
+            events[labels.event ?? '?'] = (events[labels.event ?? '?'] ?? 0) + value;
+          }
+        }
+        return events;
+      };
+      const mergeAt: Record<'kill' | 'restart' | 'ready', Record<string, number>> = {
+        kill: {},
+        restart: {},
+        ready: {},
+      };
       const timeline = { killed_at_ms: 0, lost_seen_at_ms: 0, restarted_at_ms: 0, ready_at_ms: 0 };
       const scenario = (async () => {
         try {
@@ -184,6 +201,7 @@ describeWithRedis('redis loss', () => {
           const lost = Promise.all(
             replicas.map((g) => next(g.app.redis?.client ?? probe, 'close')),
           );
+          mergeAt.kill = await mergeEventsNow();
           timeline.killed_at_ms = at();
           await redis.stop();
           await within(lost, EVENT_BOUND_MS, 'both replicas losing Redis');
@@ -192,10 +210,12 @@ describeWithRedis('redis loss', () => {
           const outageStart = answers.count;
           await within(answers.reach(outageStart + ANSWERS.outage), EVENT_BOUND_MS, 'outage');
           phase = 'recovering';
+          mergeAt.restart = await mergeEventsNow();
           timeline.restarted_at_ms = at();
           await redis.start();
           await within(Promise.all(replicas.map(connected)), EVENT_BOUND_MS, 'reconnecting');
           timeline.ready_at_ms = at();
+          mergeAt.ready = await mergeEventsNow();
           phase = 'after';
           const afterStart = answers.count;
           await within(answers.reach(afterStart + ANSWERS.after), EVENT_BOUND_MS, 'after');
@@ -255,14 +275,23 @@ describeWithRedis('redis loss', () => {
       }
 
       const connectionLines = { lost: 0, recovered: 0, errorLevel: 0 };
-      const mergeEvents: Record<string, number> = {};
+      const mergeAtEnd = await mergeEventsNow();
+      /** Merge events between two snapshots. */
+      const between = (from: Record<string, number>, to: Record<string, number>) =>
+        Object.fromEntries(
+          Object.entries(to)
+            .map(([event, n]) => [event, n - (from[event] ?? 0)])
+            .filter(([, n]) => n !== 0),
+        );
+      const mergeEvents = {
+        before: mergeAt.kill,
+        outage: between(mergeAt.kill, mergeAt.restart),
+        recovering: between(mergeAt.restart, mergeAt.ready),
+        after: between(mergeAt.ready, mergeAtEnd),
+      };
       for (const [i, g] of replicas.entries()) {
         const metrics = await adminMetrics(g);
         scanner.scan(`replica ${i} /metrics`, metrics.text);
-        for (const { labels, value } of metrics.series('gateway_merge_events_total')) {
-          const event = labels.event ?? '?';
-          mergeEvents[event] = (mergeEvents[event] ?? 0) + value;
-        }
         drainLogs(g, scanner, `replica ${i} log`, (line) => {
           const msg = String(line.msg);
           if (msg.startsWith('redis connection lost')) connectionLines.lost++;
@@ -343,6 +372,12 @@ describeWithRedis('redis loss', () => {
           .slice(firstReadyAfter)
           .every((r) => r.body === 'ready'),
       ).toBe(true);
+      // Merging across replicas: through Redis before the outage (never a fallback) and again
+      // after it; per replica while Redis is gone.
+      expect(mergeEvents.before.remote ?? 0).toBeGreaterThan(0);
+      expect(mergeEvents.before.fallback).toBeUndefined();
+      expect(mergeEvents.outage.fallback ?? 0).toBeGreaterThan(0);
+      expect(mergeEvents.after.remote ?? 0).toBeGreaterThan(0);
       // Cache: stored through Redis by one replica, a hit on the other.
       expect(stored.headers['cache-status']).toBe('acedata-gateway; fwd=uri-miss; stored');
       expect(repeat.headers['cache-status']).toBe('acedata-gateway; hit');
