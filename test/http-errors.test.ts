@@ -265,15 +265,21 @@ describe('4xx raised by a plugin keep their status (the admin server’s static 
     },
   );
 
-  // Fails today: the static handler's reply.callNotFound() reaches Fastify's default 404 handler,
-  // which answers {"message","error","statusCode"} and logs no error_code. Needs a not-found
-  // handler answering GatewayError('no_api') on both servers (src/app.ts).
-  gatewayTest.fails('a missing static file: 404 with the envelope', async ({ gateway }) => {
-    const res = await gateway.admin.inject({ method: 'GET', url: '/docs/static/no-such-file.js' });
+  // The static handler's reply.callNotFound() reaches the gateway's not-found handler.
+  gatewayTest.for([
+    ['a missing static file', '/docs/static/no-such-file.js'],
+    ['an encoded-slash traversal', '/docs/static/..%2f..%2f..%2fetc%2fpasswd'],
+  ] as const)('%s: 404 with the envelope, a client error', async ([, url], { gateway }) => {
+    const res = await gateway.admin.inject({ method: 'GET', url });
     expect(res.statusCode).toBe(404);
-    expect(res.json()).toMatchObject({ success: false, error: { code: 'no_api' } });
+    expect(res.json()).toStrictEqual({
+      success: false,
+      error: { code: 'no_api', message: expect.any(String) },
+      trace_id: res.headers['x-request-id'],
+    });
+    expect(res.body).not.toContain('root:');
     expect(completion(gateway, res.headers['x-request-id'])).toMatchObject([
-      { error_code: 'no_api' },
+      { level: 30, status: 404, error_code: 'no_api' },
     ]);
   });
 });
