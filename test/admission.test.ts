@@ -3,6 +3,7 @@ import {
   CLIENT_KEY,
   completionLines,
   completionOf,
+  EVENT_BOUND,
   gateHold,
   gatewayTest,
   listenLocally,
@@ -259,7 +260,7 @@ describe('bytes in flight', () => {
 
       leaving.socket.destroy();
       await leaving.closed;
-      await expect.poll(() => metricSum(g, 'gateway_inflight_bytes')).toBe(3000);
+      await expect.poll(() => metricSum(g, 'gateway_inflight_bytes'), EVENT_BOUND).toBe(3000);
       expect(completionLines(g).filter((l) => l.status === 499)).toHaveLength(1);
       // Its share is free again although its call still waits at the gate.
       const admitted = sendBytes(g, 3000, 'admitted');

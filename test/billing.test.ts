@@ -3,6 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { cacheKey } from '../src/cache/key.ts';
 import {
   completionOf,
+  EVENT_BOUND,
   gateHold,
   gatewayTest,
   metricSum,
@@ -96,7 +97,7 @@ describe('a client at its quota joins a call in flight for free', () => {
     await hold.queued(1);
     const joined = postJson(g, { body: shared });
     await expect
-      .poll(() => metricSum(g, 'gateway_merge_events_total', { event: 'merged' }))
+      .poll(() => metricSum(g, 'gateway_merge_events_total', { event: 'merged' }), EVENT_BOUND)
       .toBe(1);
     await hold.releaseAll();
     const [ownerAnswer, joinedAnswer] = await Promise.all([owner, joined]);
@@ -157,7 +158,7 @@ describeWithRedis('billing across replicas sharing Redis', () => {
       .poll(async () => {
         const channel = `agw:done:${cacheKey(RECOGNITION, body)}`;
         return Number(((await direct.pubsub('NUMSUB', channel)) as [string, number])[1]);
-      })
+      }, EVENT_BOUND)
       .toBe(1);
     await hold.releaseAll();
     const [ownerAnswer, joinedAnswer] = await Promise.all([owner, joined]);

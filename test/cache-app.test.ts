@@ -3,6 +3,7 @@ import {
   authHeaders,
   completionLines,
   completionOf,
+  EVENT_BOUND,
   gateHold,
   gatewayTest,
   metricSum,
@@ -208,7 +209,7 @@ describe('request merging in one process', () => {
     const runs = Array.from({ length: 50 }, () => send(g));
     await hold.queued(1);
     await expect
-      .poll(() => metricSum(g, 'gateway_merge_events_total', { event: 'merged' }))
+      .poll(() => metricSum(g, 'gateway_merge_events_total', { event: 'merged' }), EVENT_BOUND)
       .toBe(49);
     hold.next();
     const results = await Promise.all(runs);
@@ -233,7 +234,7 @@ describe('request merging in one process', () => {
     g.fake.enqueueFaults({ kind: 'status', status: 400, message: 'bad image' });
     const runs = Array.from({ length: 10 }, () => send(g));
     await expect
-      .poll(() => metricSum(g, 'gateway_merge_events_total', { event: 'merged' }))
+      .poll(() => metricSum(g, 'gateway_merge_events_total', { event: 'merged' }), EVENT_BOUND)
       .toBe(9);
     hold.next();
     const results = await Promise.all(runs);

@@ -11,6 +11,7 @@ import { RedisMerger, type RedisMergerOptions } from '../src/cache/redis-merge.t
 import { RedisCacheStore } from '../src/cache/redis-store.ts';
 import { GatewayError } from '../src/errors.ts';
 import { connectRedis, type SharedRedis } from '../src/redis.ts';
+import { EVENT_BOUND } from './helpers.ts';
 import { canControlRedis, describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
 
 const silentLog = { info: () => {}, warn: () => {}, error: () => {} };
@@ -144,20 +145,21 @@ describeWithRedis('RedisMerger (two replicas)', () => {
       await merger.close();
       await shared.close();
     });
-    await expect.poll(() => merger.isReady()).toBe(true);
+    await expect.poll(() => merger.isReady(), EVENT_BOUND).toBe(true);
     return { shared, merger, events, errors };
   }
 
   const soon = (ms = 5_000) => ({ deadline: Date.now() + ms });
   /** Events, not time: the owner holds its lock now. */
-  const locked = (key: string) => expect.poll(() => direct.exists(`agw:lock:${key}`)).toBe(1);
+  const locked = (key: string) =>
+    expect.poll(() => direct.exists(`agw:lock:${key}`), EVENT_BOUND).toBe(1);
   /** Waiters on `count` replicas are subscribed to the key's done channel. */
   const subscribed = (key: string, count = 1) =>
     expect
       .poll(async () => {
         const reply = (await direct.pubsub('NUMSUB', `agw:done:${key}`)) as [string, number];
         return Number(reply[1]);
-      })
+      }, EVENT_BOUND)
       .toBeGreaterThanOrEqual(count);
 
   beforeAll(async () => {
@@ -335,7 +337,7 @@ describeWithRedis('RedisMerger (two replicas)', () => {
     );
     await locked(key);
     await direct.set(`agw:lock:${key}`, 'a-taker-over', 'PX', 5_000); // taken by someone else
-    await expect.poll(() => a.events).toContain('lock_lost');
+    await expect.poll(() => a.events, EVENT_BOUND).toContain('lock_lost');
     hold.open();
     const result = await owner;
     expect(result.source).toBe('owner');
@@ -443,7 +445,7 @@ describeWithRedis('RedisMerger (two replicas)', () => {
       expect(b.events).toContain('fallback');
 
       // While down, identical requests on one replica still make one call.
-      await expect.poll(() => a.shared.isReady()).toBe(false);
+      await expect.poll(() => a.shared.isReady(), EVENT_BOUND).toBe(false);
       const held = gate();
       const fn = vi.fn(async () => {
         await held.opened;
@@ -451,7 +453,7 @@ describeWithRedis('RedisMerger (two replicas)', () => {
       });
       const other = newKey(); // `key` itself is still held by a's hung call
       const runs = Array.from({ length: 10 }, () => a.merger.run(other, fn, soon()));
-      await expect.poll(() => a.events.filter((e) => e === 'merged').length).toBe(9);
+      await expect.poll(() => a.events.filter((e) => e === 'merged').length, EVENT_BOUND).toBe(9);
       held.open();
       const results = await Promise.all(runs);
       expect(fn).toHaveBeenCalledTimes(1);

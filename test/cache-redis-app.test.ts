@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, expect, it, vi } from 'vitest';
 import { cacheKey } from '../src/cache/key.ts';
 import {
+  EVENT_BOUND,
   gateHold,
   metricSum,
   postJson,
@@ -55,7 +56,7 @@ describeWithRedis('cache and merging across replicas sharing Redis', () => {
         const channel = `agw:done:${cacheKey(RECOGNITION, body)}`;
         const reply = (await direct.pubsub('NUMSUB', channel)) as [string, number];
         return Number(reply[1]);
-      })
+      }, EVENT_BOUND)
       .toBe(1);
 
   it('20 concurrent identical requests split across two replicas make exactly one upstream call', async () => {
@@ -64,7 +65,7 @@ describeWithRedis('cache and merging across replicas sharing Redis', () => {
     const calls = shared.fake.callCount();
     const runs = Array.from({ length: 20 }, (_, i) => send(i % 2 ? b : a));
     // Nine join locally on each replica; one request per replica takes part across replicas.
-    await expect.poll(() => merged(replicas, 'merged')).toBe(18);
+    await expect.poll(() => merged(replicas, 'merged'), EVENT_BOUND).toBe(18);
     await remoteWaiter();
     for (const hold of holds) hold.next();
     const results = await Promise.all(runs);
@@ -94,7 +95,7 @@ describeWithRedis('cache and merging across replicas sharing Redis', () => {
     const calls = shared.fake.callCount();
     shared.fake.enqueueFaults({ kind: 'status', status: 400, message: 'bad image' });
     const runs = Array.from({ length: 6 }, (_, i) => send(i % 2 ? b : a));
-    await expect.poll(() => merged(replicas, 'merged')).toBe(4);
+    await expect.poll(() => merged(replicas, 'merged'), EVENT_BOUND).toBe(4);
     await remoteWaiter();
     for (const hold of holds) hold.next();
     const results = await Promise.all(runs);

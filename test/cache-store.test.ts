@@ -9,7 +9,7 @@ import {
 } from '../src/cache/redis-store.ts';
 import { type CachedAnswer, type CacheStore, isCacheable } from '../src/cache/store.ts';
 import { connectRedis, type SharedRedis } from '../src/redis.ts';
-import { within } from './helpers.ts';
+import { EVENT_BOUND, within } from './helpers.ts';
 import { canControlRedis, describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
 
 const silentLog = { info: () => {}, warn: () => {}, error: () => {} };
@@ -187,7 +187,7 @@ describeWithRedis('RedisCacheStore', () => {
     await store.set(key, answer(), 60);
     expect(await store.get(key)).toBeDefined();
     await direct.pexpire(`agw:cache:${key}`, 1);
-    await expect.poll(() => store.get(key)).toBeUndefined();
+    await expect.poll(() => store.get(key), EVENT_BOUND).toBeUndefined();
   });
 
   it('honours a custom prefix and reads a foreign value as a miss', async () => {
@@ -207,7 +207,7 @@ describeWithRedis('RedisCacheStore', () => {
     errors.length = 0;
     await server.stop();
     try {
-      await expect.poll(() => shared.isReady()).toBe(false);
+      await expect.poll(() => shared.isReady(), EVENT_BOUND).toBe(false);
       // Bounded by the store's own command bound, never a hang (twice it, as a bound on waiting).
       const bound = REDIS_CACHE_DEFAULTS.timeoutMs * 2;
       const got: CachedAnswer | undefined = await within(store.get(key), bound, 'a miss');

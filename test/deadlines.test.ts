@@ -3,6 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { cacheKey } from '../src/cache/key.ts';
 import {
   completionOf,
+  EVENT_BOUND,
   gateHold,
   gatewayTest,
   metricSum,
@@ -154,8 +155,9 @@ describeWithRedis('deadlines across replicas sharing Redis', () => {
     metricSum(g, 'gateway_merge_events_total', { event });
   const subscribed = (body: unknown) =>
     expect
-      .poll(async () =>
-        Number(((await direct.pubsub('NUMSUB', doneOf(body))) as [string, number])[1]),
+      .poll(
+        async () => Number(((await direct.pubsub('NUMSUB', doneOf(body))) as [string, number])[1]),
+        EVENT_BOUND,
       )
       .toBe(1);
 
@@ -231,10 +233,10 @@ describeWithRedis('deadlines across replicas sharing Redis', () => {
       vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
       const owner = postJson(g, { body });
       await shared.fake.waitForCalls(1);
-      await expect.poll(() => direct.exists(lockOf(body))).toBe(1);
+      await expect.poll(() => direct.exists(lockOf(body)), EVENT_BOUND).toBe(1);
       await direct.set(lockOf(body), 'someone-else', 'PX', 60_000);
       vi.advanceTimersByTime(5_000); // the owner's refresh, every lockTtlMs / 3
-      await expect.poll(() => mergeEvents(g, 'lock_lost')).toBe(1);
+      await expect.poll(() => mergeEvents(g, 'lock_lost'), EVENT_BOUND).toBe(1);
       vi.useRealTimers();
       const res = await owner;
       expect(res.statusCode).toBe(504);

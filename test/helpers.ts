@@ -128,6 +128,12 @@ export function postJson(
   });
 }
 
+/**
+ * Options for `expect.poll` when waiting for an event (a call queued, a lock taken, Redis seen
+ * down): a generous bound on the wait, so a loaded machine only makes the test slower, never red.
+ */
+export const EVENT_BOUND = { timeout: 10_000 } as const;
+
 /** Rejects if `promise` has not settled within `ms`: a bound on waiting, not a timing assertion. */
 export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -322,9 +328,7 @@ export function gateHold(g: TestGateway) {
     },
     /** Resolves once `count` calls wait at the gate (a bound on waiting, not a timing claim). */
     async queued(count: number): Promise<void> {
-      await expect
-        .poll(() => metricSum(g, 'gateway_upstream_queued'), { timeout: 10_000 })
-        .toBe(count);
+      await expect.poll(() => metricSum(g, 'gateway_upstream_queued'), EVENT_BOUND).toBe(count);
     },
     /** Lets every waiting call start, one a second, and resolves when the gate is empty. */
     async releaseAll(): Promise<void> {

@@ -1,6 +1,7 @@
 import { expect, it } from 'vitest';
 import {
   completionOf,
+  EVENT_BOUND,
   type GatewayOptions,
   OTHER_CLIENT_KEY,
   postJson,
@@ -72,7 +73,7 @@ describeWithRedis('limits and quotas shared through Redis', () => {
       await flush();
       expect((await send(g)).statusCode).toBe(200);
       await shared.redis.stop();
-      await expect.poll(() => g.app.redis?.isReady()).toBe(false);
+      await expect.poll(() => g.app.redis?.isReady(), EVENT_BOUND).toBe(false);
       // Fail-fast Redis settings (no offline queue): each request is answered, never left hanging.
       const during: Awaited<ReturnType<typeof send>>[] = [];
       for (let i = 0; i < 3; i++) during.push(await within(send(g), 5_000, 'an answer'));
@@ -119,7 +120,7 @@ describeWithRedis('limits and quotas shared through Redis', () => {
       await flush();
       expect((await send(g)).statusCode).toBe(200);
       await shared.redis.stop();
-      await expect.poll(() => g.app.redis?.isReady()).toBe(false);
+      await expect.poll(() => g.app.redis?.isReady(), EVENT_BOUND).toBe(false);
       const refused = await send(g, undefined, validBody({ question: 'not cached yet' }));
       expect(refused.statusCode).toBe(503);
       expect(refused.json()).toMatchObject({

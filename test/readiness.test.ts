@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   completionLines,
   completionOf,
+  EVENT_BOUND,
   gatewayTest,
   metricSum,
   postJson,
@@ -197,7 +198,7 @@ describeWithRedis('Redis lost', () => {
       const g = await shared.replica({ RATE_LIMIT_ON_STORE_ERROR: 'allow' });
       expect(await checkGauge(g, 'redis')).toBe(0);
       await shared.redis.stop();
-      await expect.poll(() => g.app.redis?.isReady()).toBe(false);
+      await expect.poll(() => g.app.redis?.isReady(), EVENT_BOUND).toBe(false);
       const ready = await readyz(g);
       expect(ready.statusCode).toBe(200);
       expect(ready.json()).toEqual({
@@ -220,7 +221,7 @@ describeWithRedis('Redis lost', () => {
     async () => {
       const g = await shared.replica({ RATE_LIMIT_ON_STORE_ERROR: 'deny' });
       await shared.redis.stop();
-      await expect.poll(() => g.app.redis?.isReady()).toBe(false);
+      await expect.poll(() => g.app.redis?.isReady(), EVENT_BOUND).toBe(false);
       const ready = await readyz(g);
       expect(ready.statusCode).toBe(503);
       expect(ready.json()).toEqual({

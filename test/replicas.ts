@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { type FakeUpstream, startFakeUpstream } from '../dev/fake-upstream.ts';
-import { type GatewayOptions, startGateway, type TestGateway } from './helpers.ts';
+import { EVENT_BOUND, type GatewayOptions, startGateway, type TestGateway } from './helpers.ts';
 import { canControlRedis, startRedis, type TestRedis } from './redis-server.ts';
 
 /**
@@ -38,7 +38,7 @@ export function replicasSharingRedis() {
     async replica(env: Record<string, string> = {}, limits?: GatewayOptions['limits']) {
       const g = await startGateway({ REDIS_URL: redis.url, ...env }, { fake, limits });
       replicas.push(g);
-      await expect.poll(() => g.app.redis?.isReady()).toBe(true);
+      await expect.poll(() => g.app.redis?.isReady(), EVENT_BOUND).toBe(true);
       return g;
     },
     /** Empties Redis, so a test starts with no cached answers, windows or quotas. */
