@@ -300,7 +300,8 @@ describeWithRedis('RedisMerger (two replicas)', () => {
   });
 
   it('a live owner keeps its lock past lockTtlMs by refreshing it', async () => {
-    const options = { lockTtlMs: 600 };
+    // Refreshed ten times a lifetime: only a stall of most of a second could lose it.
+    const options = { lockTtlMs: 1_000, refreshIntervalMs: 100 };
     const [a, b] = [await replica(options), await replica(options)];
     const key = newKey();
     const hold = gate();
@@ -312,8 +313,8 @@ describeWithRedis('RedisMerger (two replicas)', () => {
     await locked(key);
     const second = b.merger.run(key, fn, soon());
     await subscribed(key);
-    // Time passing is the subject here: three lock lifetimes, during which only refreshes keep it.
-    await sleep(3 * options.lockTtlMs);
+    // Time passing is the subject here: lock lifetimes during which only refreshes keep it.
+    await sleep(2.5 * options.lockTtlMs);
     expect(await direct.exists(`agw:lock:${key}`)).toBe(1);
     hold.open();
     const results = await Promise.all([first, second]);
