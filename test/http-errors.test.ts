@@ -7,6 +7,7 @@ import { afterEach, describe, expect, vi } from 'vitest';
 import { GatewayError } from '../src/errors.ts';
 import {
   authHeaders,
+  EVENT_BOUND,
   gatewayTest,
   listenLocally,
   PNG_1X1,
@@ -334,11 +335,15 @@ describe('a client that leaves before its answer', () => {
       socket.write(`POST ${RECOGNITION} HTTP/1.1\r\nhost: x\r\n${headers}\r\n${payload}`);
       await within(gateway.fake.waitForCalls(1), BOUND_MS, 'the upstream call');
       socket.destroy();
-      await expect.poll(() => gateway.logs().filter((l) => l.status === 499).length).toBe(1);
+      await expect
+        .poll(() => gateway.logs().filter((l) => l.status === 499).length, EVENT_BOUND)
+        .toBe(1);
       // The upstream answer arrives after the client left: it is stored, and logs no second line.
       const metricsText = async () =>
         (await gateway.admin.inject({ method: 'GET', url: '/metrics' })).body;
-      await expect.poll(metricsText).toContain('gateway_upstream_requests_total{status="200"} 1');
+      await expect
+        .poll(metricsText, EVENT_BOUND)
+        .toContain('gateway_upstream_requests_total{status="200"} 1');
       gateway.fake.setLatency(0);
       const leaver = gateway.logs().filter((l) => l.status === 499);
       expect(leaver).toHaveLength(1);
