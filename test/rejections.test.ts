@@ -203,22 +203,22 @@ describe('400 bad_request: recognition fields of the wrong JSON type', () => {
     [
       'queries are missing',
       { queries: undefined },
-      'body.queries: is required and must be an array of images',
+      'body.queries: is required',
     ],
     [
       'queries are a string',
       { queries: PNG_1X1 },
-      'body.queries: is required and must be an array of images',
+      'body.queries: must be an array of images',
     ],
     [
       'queries are an object',
       { queries: { 0: PNG_1X1 } },
-      'body.queries: is required and must be an array of images',
+      'body.queries: must be an array of images',
     ],
     [
       'queries are null',
       { queries: null },
-      'body.queries: is required and must be an array of images',
+      'body.queries: must be an array of images',
     ],
     ['queries are empty', { queries: [] }, 'body.queries: must hold at least 1 image'],
     ['a query is a number', { queries: [123] }, 'body.queries[0]: must be a string'],
@@ -337,18 +337,18 @@ describe('400 bad_request: token fields', () => {
     [
       'both required fields missing',
       { website_key: undefined, website_url: undefined },
-      'body.website_key: is required and must be a string; body.website_url: is required and must be a string',
+      'body.website_key: is required; body.website_url: is required',
     ],
     [
       'website_key a number',
       { website_key: 1 },
-      'body.website_key: is required and must be a string',
+      'body.website_key: must be a string',
     ],
     ['website_key empty', { website_key: '' }, 'body.website_key: must not be empty'],
     [
       'website_url an object',
       { website_url: { href: CANARY } },
-      'body.website_url: is required and must be a string',
+      'body.website_url: must be a string',
     ],
     ['rqdata a number', { rqdata: 1 }, 'body.rqdata: must be a string'],
     ['proxy an object', { proxy: { url: CANARY } }, 'body.proxy: must be a string'],

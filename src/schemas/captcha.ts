@@ -7,6 +7,10 @@ import { imageQuerySchema } from './image.ts';
  * limits, so only what is certainly malformed is refused; unknown fields pass through unchanged.
  */
 
+/** "is required" for a missing field, "must be …" for one of the wrong type. */
+const required = (what: string) => (issue: { input?: unknown }) =>
+  issue.input === undefined ? 'is required' : `must be ${what}`;
+
 const asyncField = z
   .boolean({ error: 'must be a boolean' })
   .optional()
@@ -16,7 +20,7 @@ const asyncField = z
 export const recognitionRequestSchema = z
   .looseObject({
     queries: z
-      .array(imageQuerySchema, { error: 'is required and must be an array of images' })
+      .array(imageQuerySchema, { error: required('an array of images') })
       .min(1, 'must hold at least 1 image')
       .meta({ description: 'The challenge images, in the order hCaptcha shows them' }),
     question: z.string({ error: 'must be a string' }).optional().meta({
@@ -33,14 +37,14 @@ export type RecognitionRequest = z.output<typeof recognitionRequestSchema>;
 export const tokenRequestSchema = z
   .looseObject({
     website_key: z
-      .string({ error: 'is required and must be a string' })
+      .string({ error: required('a string') })
       .min(1, 'must not be empty')
       .meta({
         description: "The site key of the page's hCaptcha widget (data-sitekey)",
         example: 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2',
       }),
     website_url: z
-      .string({ error: 'is required and must be a string' })
+      .string({ error: required('a string') })
       .min(1, 'must not be empty')
       .meta({
         description: 'The URL of the page that shows the widget',
