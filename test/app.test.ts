@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { fingerprint, startFakeUpstream } from '../dev/fake-upstream.ts';
 import {
   BMP_HEADER,
@@ -18,6 +18,10 @@ import {
 
 const CREDENTIALS_REJECTED =
   "the gateway's upstream credentials were rejected; this is the gateway's account, not your key — tell the gateway's operator";
+
+afterEach(() => {
+  vi.useRealTimers();
+});
 
 // Caching off: these tests check forwarding, so identical bodies must reach the upstream.
 const test = gatewayTest.override('gatewaySettings', {
@@ -181,6 +185,36 @@ describe("the upstream's answers", () => {
     expect(res.json().error.code).toBe('too_many_requests');
     expect(res.json().error.message).toMatch(/upstream is saturated/);
     expect(res.headers['retry-after']).toBe('7');
+  });
+
+  test("reads the upstream's retry-after in its HTTP-date form too", async ({ gateway: g }) => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(new Date('2026-03-01T12:00:00Z'));
+    g.fake.setDefaultFault({
+      kind: 'status',
+      status: 429,
+      retryAfter: 'Sun, 01 Mar 2026 12:00:07 GMT',
+    });
+    const res = await postJson(g);
+    expect(res.statusCode).toBe(429);
+    expect(res.headers['retry-after']).toBe('7');
+    // The token cools down for that long: the next request is answered at once, unsent.
+    const calls = g.fake.callCount();
+    const next = await postJson(g, { body: validBody({ question: 'next' }) });
+    expect(next.statusCode).toBe(429);
+    expect(next.headers['retry-after']).toBe('7');
+    expect(g.fake.callCount()).toBe(calls);
+  });
+
+  test('answers 502 for an upstream reply larger than the pool accepts (4 MiB), logging none of it', async ({
+    gateway: g,
+  }) => {
+    const huge = `{"solution":{"padding":"${'p'.repeat(5 * 1024 * 1024)}"}}`;
+    g.fake.setDefaultFault({ kind: 'garbage', status: 200, body: huge });
+    const res = await postJson(g);
+    expect(res.statusCode).toBe(502);
+    expect(res.json().error.code).toBe('upstream_error');
+    expect(g.logLines.join('\n')).not.toContain('p'.repeat(100));
   });
 
   test.for([
