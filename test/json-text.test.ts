@@ -3,7 +3,12 @@
 // message echoes a value.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MAX_BODY_DEPTH, parseJsonText, structuralProblem } from '../src/schemas/json-text.ts';
+import {
+  MAX_BODY_DEPTH,
+  memberValueSpan,
+  parseJsonText,
+  structuralProblem,
+} from '../src/schemas/json-text.ts';
 
 function parsed(text: string): unknown {
   const result = parseJsonText(text);
@@ -154,5 +159,30 @@ describe('refused: the validated value must be the forwarded one', () => {
     expect(problemOf(`{"${key}":1,"${key}":2}`)).toBe(
       `request body holds the key "${'k'.repeat(64)}" twice`,
     );
+  });
+});
+
+describe('memberValueSpan: where a top-level member value sits in the bytes', () => {
+  const span = (text: string, name = 'queries') => {
+    const bytes = Buffer.from(text);
+    const found = memberValueSpan(bytes, name);
+    return found && bytes.toString('utf8', found[0], found[1]);
+  };
+
+  it.each([
+    ['first member', '{"queries":["a"],"x":1}', '["a"]'],
+    ['last member, spaces around', '{ "x" : 1 , "queries" :  [ "a", "b" ]  }', '[ "a", "b" ]'],
+    ['after a nested "queries" key', '{"o":{"queries":[0]},"queries":["top"]}', '["top"]'],
+    ['after a string holding quotes and braces', '{"s":"\\"}{,","queries":["a"]}', '["a"]'],
+    ['a key written with an escape', '{"qu\\u0065ries":["a"]}', '["a"]'],
+    ['after multi-byte text', '{"q":"é 🚌 ，","queries":["a"]}', '["a"]'],
+    ['a scalar value', '{"queries":null}', 'null'],
+  ])('%s', (_name, text, value) => {
+    expect(span(text)).toBe(value);
+  });
+
+  it('is undefined when the member is absent, or only nested', () => {
+    expect(span('{"x":1}')).toBeUndefined();
+    expect(span('{"o":{"queries":[1]}}')).toBeUndefined();
   });
 });

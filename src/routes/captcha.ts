@@ -13,6 +13,7 @@ import {
   tokenRequestSchema,
 } from '../schemas/captcha.ts';
 import { type ImageLimits, imageLimitProblem } from '../schemas/image.ts';
+import { memberValueSpan } from '../schemas/json-text.ts';
 import { parseJson, upstreamErrorCode } from '../upstream/reply.ts';
 import { retryAfterMs } from '../upstream/retry-after.ts';
 import type { CallKind, UpstreamPath, UpstreamReply } from '../upstream/types.ts';
@@ -246,8 +247,8 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
 };
 
 /**
- * The bytes to forward and the body they hold. The client's own bytes when nothing was rewritten;
- * otherwise its JSON with `queries` replaced (numbers keep their spelling, members their order).
+ * The bytes to forward and the body they hold: the client's own bytes, with only the `queries`
+ * value replaced when an image was rewritten — every other byte stays as the client wrote it.
  * Either way the request keeps nothing else: the parsed body and raw bytes are released.
  */
 function forwardedRecognition(
@@ -260,7 +261,16 @@ function forwardedRecognition(
     return { bytes: raw, json: json as Record<string, unknown> & { queries: readonly string[] } };
   }
   const rewritten = { ...json, queries };
-  return { bytes: Buffer.from(JSON.stringify(rewritten)), json: rewritten };
+  const span = memberValueSpan(raw, 'queries');
+  // Never undefined for a body that parsed with a `queries` member; the fallback is for safety.
+  const bytes = span
+    ? Buffer.concat([
+        raw.subarray(0, span[0]),
+        Buffer.from(JSON.stringify(queries)),
+        raw.subarray(span[1]),
+      ])
+    : Buffer.from(JSON.stringify(rewritten));
+  return { bytes, json: rewritten };
 }
 
 export default captchaRoutes;

@@ -101,3 +101,68 @@ export function parseJsonText(text: string): JsonTextResult {
     return { ok: false, problem: 'request body is not valid JSON' };
   }
 }
+
+const OPEN_OBJECT = 0x7b;
+const CLOSE_OBJECT = 0x7d;
+const OPEN_ARRAY = 0x5b;
+const CLOSE_ARRAY = 0x5d;
+const COMMA = 0x2c;
+const COLON = 0x3a;
+const isSpace = (byte: number | undefined) =>
+  byte === 0x20 || byte === 0x09 || byte === 0x0a || byte === 0x0d;
+
+/**
+ * Where the value of top-level member `name` sits in the UTF-8 bytes of a valid JSON object, as
+ * [start, end) byte offsets — so that one member can be replaced and every other byte forwarded as
+ * the client wrote it. Works on bytes: JSON's structural characters are ASCII, and no byte of a
+ * multi-byte UTF-8 sequence is. The text must have parsed without duplicate keys.
+ */
+export function memberValueSpan(json: Buffer, name: string): [number, number] | undefined {
+  let depth = 0;
+  let expectKey = false;
+  let start = -1;
+  for (let i = 0; i < json.length; i++) {
+    const byte = json[i];
+    if (byte === QUOTE) {
+      const end = closingQuoteByte(json, i);
+      if (end < 0) return undefined;
+      if (depth === 1 && expectKey && start < 0) {
+        if (decodeKey(json.toString('utf8', i, end + 1)) === name) {
+          let at = json.indexOf(COLON, end + 1) + 1;
+          while (isSpace(json[at])) at++;
+          start = at;
+        }
+        expectKey = false;
+      }
+      i = end;
+    } else if (byte === OPEN_OBJECT || byte === OPEN_ARRAY) {
+      depth++;
+      if (depth === 1) expectKey = true;
+    } else if (byte === CLOSE_OBJECT || byte === CLOSE_ARRAY) {
+      if (depth === 1 && start >= 0) return [start, trimEnd(json, i)];
+      depth--;
+    } else if (byte === COMMA && depth === 1) {
+      if (start >= 0) return [start, trimEnd(json, i)];
+      expectKey = true;
+    }
+  }
+  return undefined;
+}
+
+function trimEnd(json: Buffer, end: number): number {
+  let at = end;
+  while (isSpace(json[at - 1])) at--;
+  return at;
+}
+
+function closingQuoteByte(json: Buffer, start: number): number {
+  let from = start + 1;
+  for (;;) {
+    const end = json.indexOf(QUOTE, from);
+    if (end < 0) return -1;
+    let backslashes = 0;
+    while (json[end - 1 - backslashes] === BACKSLASH) backslashes++;
+    if (backslashes % 2 === 0) return end;
+    from = end + 1;
+  }
+}
