@@ -1,4 +1,4 @@
-// Fuzz: ≥ 20,000 generated requests through app.inject (six fast-check properties), plus a raw
+// Fuzz: 12,000 generated requests through app.inject (six fast-check properties), plus a raw
 // TCP sample for what inject cannot express (bytes the HTTP parser itself sees). Each answer is
 // compared with the contract's oracle (fuzz-oracle.ts). Invariants: no 5xx, no crash, no upstream
 // call for an invalid request, every forwarded body exactly what the client sent (only `queries`
@@ -52,16 +52,19 @@ import {
 } from './support.ts';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20_251_130);
-/** numRuns per property; they add up to 20,000 inject requests. */
+/**
+ * numRuns per property; they add up to 12,000 inject requests, about 25 s of one core: the run
+ * stays within its budget on a 2-core machine shared with other work (FUZZ_SCALE=5 for a deep run).
+ */
 const SCALE = Number(process.env.FUZZ_SCALE ?? 1);
 const RUNS = Object.fromEntries(
   Object.entries({
-    bodies: 7_000,
-    bytes: 3_000,
-    json: 3_000,
-    token: 2_000,
-    headers: 2_500,
-    routes: 2_470,
+    bodies: 4_000,
+    bytes: 2_000,
+    json: 2_000,
+    token: 1_500,
+    headers: 1_200,
+    routes: 1_270,
     edges: 30,
   }).map(([name, runs]) => [name, Math.round(runs * SCALE)]),
 ) as Record<'bodies' | 'bytes' | 'json' | 'token' | 'headers' | 'routes' | 'edges', number>;
@@ -83,22 +86,7 @@ const TASKS_PER_CLIENT = 4;
 let gw: TestGateway;
 const scanner = new SecretScanner();
 const unhandled: unknown[] = [];
-/**
- * BUG (src/plugins/lingering-close.ts, reported): under app.inject the request's socket is
- * light-my-request's mock, which has no destroy(); an answer given before a body of more than
- * LINGER.maxBytes (1 MiB) was read throws "socket.destroy is not a function" from the body's
- * 'data' listener, an uncaught exception. A real socket has destroy(), so only in-process tests
- * see it. Counted (and printed) apart from every other unhandled error until it is fixed.
- */
-let lingeringMockSocketErrors = 0;
-const isLingeringMockSocketError = (reason: unknown) =>
-  reason instanceof TypeError &&
-  reason.message === 'socket.destroy is not a function' &&
-  (reason.stack ?? '').includes('lingering-close.ts');
-const onUnhandled = (reason: unknown) => {
-  if (isLingeringMockSocketError(reason)) lingeringMockSocketErrors++;
-  else unhandled.push(reason);
-};
+const onUnhandled = (reason: unknown) => unhandled.push(reason);
 const prototypeKeysBefore = prototypeKeys();
 /** Task id → the key of the client that created it; filled in beforeAll, read by generators. */
 const taskOwners = new Map<string, string>();
@@ -1191,7 +1179,6 @@ describe('fuzz: after every request', () => {
       answers_before_scrape: answersBeforeScrape,
       admin_statuses: admin,
       error_lines: stats.errorLines,
-      uncaught_lingering_mock_socket_errors: lingeringMockSocketErrors,
       properties: stats.perProperty,
       inject_ms_total: Math.round(stats.injectMs),
       slowest_request: stats.slowest,
@@ -1212,7 +1199,7 @@ describe('fuzz: after every request', () => {
     // No line at error level (an api_error would log one).
     expect(stats.errorLines).toBe(0);
     expect(scanner.hits).toEqual([]);
-    expect(total).toBeGreaterThanOrEqual(Math.round(20_000 * SCALE));
+    expect(total).toBeGreaterThanOrEqual(Math.round(12_000 * SCALE));
     // The generators reached the rewriting path and the forwarding path of every route.
     expect(stats.rewritten).toBeGreaterThan(0);
     expect(stats.codes.not_found ?? 0).toBeGreaterThan(0);

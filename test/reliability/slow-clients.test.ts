@@ -179,6 +179,13 @@ describe('slow clients', () => {
         ),
       ];
       let slowDone = false;
+      /** Set when the first slow client is cut off: until then all 30 hold their connections. */
+      let firstCut = false;
+      for (const client of slow)
+        void client.then(
+          () => (firstCut = true),
+          () => (firstCut = true),
+        );
       const slowResults = Promise.all(slow).finally(() => {
         slowDone = true;
       });
@@ -194,7 +201,7 @@ describe('slow clients', () => {
 
       // Meanwhile: one request every 200 ms from another client, each a fresh upstream call, for
       // as long as the slow clients last (and at least NORMAL_AT_LEAST of them).
-      const normal: Array<{ status: number; ms: number }> = [];
+      const normal: Array<{ status: number; ms: number; whileHeld: boolean }> = [];
       for (let n = 0; !slowDone || n < NORMAL_AT_LEAST; n++) {
         const started = performance.now();
         const res = await fetch(`http://127.0.0.1:${port}${RECOGNITION}`, {
@@ -207,7 +214,7 @@ describe('slow clients', () => {
           body: JSON.stringify({ question: `meanwhile ${n}`, queries: [image] }),
         });
         const text = await res.text();
-        normal.push({ status: res.status, ms: performance.now() - started });
+        normal.push({ status: res.status, ms: performance.now() - started, whileHeld: !firstCut });
         if (res.status !== 200) scanner.scan('normal error body', text);
         await pause(NORMAL_EVERY_MS);
       }
@@ -286,6 +293,7 @@ describe('slow clients', () => {
         headers_timeout_ms: gw.app.server.headersTimeout,
         meanwhile: {
           requests: normal.length,
+          answered_while_all_slow_clients_held: normal.filter((n) => n.whileHeld).length,
           statuses: [...new Set(normal.map((n) => n.status))],
           p50_ms: Math.round(percentile(normalMs, 50)),
           max_ms: Math.round(normalMs[normalMs.length - 1] ?? 0),
@@ -333,8 +341,9 @@ describe('slow clients', () => {
       }
       expect(normal.length).toBeGreaterThanOrEqual(NORMAL_AT_LEAST);
       expect(normal.every((n) => n.status === 200)).toBe(true);
-      // Not held up behind the slow clients: each answered well within the request timeout.
-      expect(Math.max(...normalMs)).toBeLessThan(REQUEST_TIMEOUT_MS);
+      // Not held up behind the slow clients: answered while every one of them still held its
+      // connection (an order of events, not a latency).
+      expect(normal.filter((n) => n.whileHeld).length).toBeGreaterThan(0);
       expect(upstreamFromOthers).toBe(0);
       expect(lines.errorLevel).toBe(0);
       expect(scanner.hits).toEqual([]);

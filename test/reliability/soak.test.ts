@@ -1,4 +1,4 @@
-// Soak: 60 s of mixed traffic over real sockets from several concurrent workers (unique and
+// Soak: 45 s of mixed traffic over real sockets from several concurrent workers (unique and
 // repeated recognitions, bursts of identical ones, no-store, async submissions, tokens, polls of
 // both shapes for the client's own tasks and for another client's, invalid requests, and a
 // client over its tiny rate limit) against a fake upstream that fails 20% of calls (seeded: 500,
@@ -37,7 +37,7 @@ import {
   seededRandom,
 } from './support.ts';
 
-const DURATION_MS = Number(process.env.SOAK_SECONDS ?? 60) * 1_000;
+const DURATION_MS = Number(process.env.SOAK_SECONDS ?? 45) * 1_000;
 const WORKERS = 32;
 const MAX_REQUESTS = 400_000;
 const SEED = 8_2025;
@@ -267,7 +267,7 @@ beforeAll(async () => {
       IMAGES_MAX: String(IMAGES_MAX),
       IMAGE_MAX_BYTES: String(IMAGE_MAX_BYTES),
       // Small enough that the cache is full (steady state) well before the last 30 s.
-      CACHE_MAX_ENTRIES: '5000',
+      CACHE_MAX_ENTRIES: '2000',
     },
     { fake, limits: { rateLimit: LIMIT } },
   );
