@@ -5,6 +5,7 @@ import { distinctBodies, pngForBody, QUESTION, recognitionBody } from './bodies.
 import { callArrivals, resetFake, scrape, upstreamCalls } from './fake.ts';
 import { type BurstResponse, burst, closedLoop } from './load.ts';
 import { CLIENT_KEY, type GatewayServer, type Server } from './peers.ts';
+import type { Child } from './processes.ts';
 import { memoryOf, memoryUsageOf, pollMemory } from './processes.ts';
 import type { Context } from './scenarios.ts';
 
@@ -14,6 +15,8 @@ export interface GateSample {
 }
 
 export interface BurstResult {
+  /** Which process: the bench's gateway server (sources) or the compiled entry point. */
+  runAs: string;
   requests: number;
   latencyMs: number;
   bodyBytes: number;
@@ -28,6 +31,8 @@ export interface BurstResult {
     lastArrivalMs: number;
     /** Calls started per second between the first and the last arrival. */
     startsPerSecond: number;
+    /** Most arrivals within any one second (the gate allows the rate in any second). */
+    maxInOneSecond: number;
     /** Highest gateway_upstream_in_flight and gateway_upstream_queued seen (sampled every second). */
     maxRunning: number;
     maxQueued: number;
@@ -104,28 +109,47 @@ export function sampleGate(adminUrl: string, ms = 1_000) {
   };
 }
 
+/** The most values within any window of `width` (sliding). */
+export function mostWithin(values: number[], width: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  let most = 0;
+  for (let start = 0, end = 0; end < sorted.length; end++) {
+    while ((sorted[end] as number) - (sorted[start] as number) >= width) start++;
+    most = Math.max(most, end - start + 1);
+  }
+  return most;
+}
+
 const range = (values: number[]) =>
   values.length === 0
     ? { min: Number.NaN, max: Number.NaN }
     : { min: Math.min(...values), max: Math.max(...values) };
 
+/** What a burst needs of a gateway: its URLs and its process (IPC answers are optional). */
+export interface BurstTarget {
+  url: string;
+  adminUrl: string;
+  child: Child;
+}
+
 /**
  * `requests` distinct requests at once (each its own cache and merge key) through a fresh gateway
- * at its default settings, against an upstream that answers after `latencyMs`; then, on the same
- * servers, identical concurrent requests that must merge into one upstream call.
+ * at its default settings, against an upstream that answers after `latencyMs`.
  */
-export async function burstAndMerge(
+export async function measureBurst(
   ctx: Context,
-  servers: { fake: Server; gateway: GatewayServer },
-): Promise<{ burst: BurstResult; merge: MergeResult }> {
-  const { fake, gateway } = servers;
+  fake: Server,
+  gateway: BurstTarget,
+  runAs: string,
+): Promise<BurstResult> {
   const { requests, latencyMs, bodyBytes } = ctx.settings.burst;
   await resetFake(fake, latencyMs);
   const run = Date.now().toString(36);
   const bodies = distinctBodies(requests, pngForBody(bodyBytes), `burst ${run}`);
   const before = memoryOf(gateway.child.pid);
   const memory = pollMemory(gateway.child.pid, 100);
-  // The heap breakdown at the highest RSS seen (sampled less often: it asks the busy process).
+  // The heap breakdown at the highest RSS seen (sampled less often: it asks the busy process;
+  // only a bench server answers).
   let atPeak: { rss: number; usage: NodeJS.MemoryUsage } | undefined;
   let sampling = true;
   const breakdown = (async () => {
@@ -143,10 +167,12 @@ export async function burstAndMerge(
   await breakdown;
   const gateSamples = await gate.stop();
   const arrivals = (await callArrivals(fake)).map((at) => at - startedAt);
+  await resetFake(fake);
   const ok = answers.filter((a) => a.status === 200).length;
   const first = Math.min(...arrivals);
   const last = Math.max(...arrivals);
   const result: BurstResult = {
+    runAs,
     requests,
     latencyMs,
     bodyBytes: bodies[0]?.length ?? 0,
@@ -159,36 +185,41 @@ export async function burstAndMerge(
       firstArrivalMs: first,
       lastArrivalMs: last,
       startsPerSecond: arrivals.length > 1 ? ((arrivals.length - 1) * 1000) / (last - first) : 0,
+      maxInOneSecond: mostWithin(arrivals, 1_000),
       maxRunning: Math.max(0, ...gateSamples.map((s) => s.running)),
       maxQueued: Math.max(0, ...gateSamples.map((s) => s.queued)),
     },
     rssBeforeBytes: before?.rss ?? 0,
     peakRssBytes: peak.maxRss,
     hwmBytes: peak.hwm,
-    memoryAtPeak: atPeak?.usage,
+    ...(atPeak ? { memoryAtPeak: atPeak.usage } : {}),
   };
   ctx.log(
-    `  burst: ${ok}/${requests} × 200, last answer at ${(result.lastAnswerMs / 1000).toFixed(1)} s, ${result.upstream.startsPerSecond.toFixed(1)} calls/s started, peak RSS ${(Math.max(peak.hwm, peak.maxRss) / 1e6).toFixed(0)} MB`,
+    `  burst (${runAs}): ${ok}/${requests} × 200, last answer at ${(result.lastAnswerMs / 1000).toFixed(1)} s, ${result.upstream.startsPerSecond.toFixed(1)} calls/s started, RSS ${((before?.rss ?? 0) / 1e6).toFixed(0)} → peak ${(Math.max(peak.hwm, peak.maxRss) / 1e6).toFixed(0)} MB`,
   );
+  return result;
+}
 
-  const merge = ctx.settings.merge;
-  await resetFake(fake, merge.latencyMs);
-  const same = recognitionBody(`${QUESTION} merge ${run}`, pngForBody(2_000));
+/** Identical concurrent requests, which must merge into one upstream call. */
+export async function merge(
+  ctx: Context,
+  fake: Server,
+  gateway: BurstTarget,
+): Promise<MergeResult> {
+  const { requests, latencyMs } = ctx.settings.merge;
+  await resetFake(fake, latencyMs);
+  const same = recognitionBody(`${QUESTION} merge ${Date.now().toString(36)}`, pngForBody(2_000));
   const callsBefore = await upstreamCalls(fake);
-  const merged = await burst(gateway.url, gatewayHeaders, Array(merge.requests).fill(same));
+  const merged = await burst(gateway.url, gatewayHeaders, Array(requests).fill(same));
   const upstream = (await upstreamCalls(fake)) - callsBefore;
   await resetFake(fake);
-  await gateway.child.stop();
-  ctx.log(`  merge: ${merge.requests} identical requests → ${upstream} upstream call(s)`);
+  ctx.log(`  merge: ${requests} identical requests → ${upstream} upstream call(s)`);
   return {
-    burst: result,
-    merge: {
-      requests: merge.requests,
-      latencyMs: merge.latencyMs,
-      upstreamCalls: upstream,
-      statuses: tally(merged.map(statusOf)),
-      cacheStatuses: tally(merged.map((a) => a.cacheStatus?.replace('acedata-gateway; ', ''))),
-    },
+    requests,
+    latencyMs,
+    upstreamCalls: upstream,
+    statuses: tally(merged.map(statusOf)),
+    cacheStatuses: tally(merged.map((a) => a.cacheStatus?.replace('acedata-gateway; ', ''))),
   };
 }
 

@@ -118,7 +118,7 @@ export async function noisyNeighbour(
     await worker.terminate();
     // Every client has gone; calls that still start were queued for requests nobody awaits.
     await sleep(500);
-    const orphanSeconds = ctx.settings.smoke ? 1 : 3;
+    const orphanSeconds = ctx.settings.smoke ? 1 : 5;
     const callsBefore = await upstreamCalls(fake);
     await sleep(orphanSeconds * 1000);
     const afterClientsLeft = {

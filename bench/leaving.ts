@@ -29,6 +29,11 @@ export interface LeavingResult {
   rounds: LeavingRound[];
   peakRssBytes: number;
   hwmBytes: number;
+  /**
+   * Small requests queued at the gate when their clients left: calls queued then, and calls that
+   * still reached the upstream in the `seconds` after.
+   */
+  queued: { requests: number; queuedWhenLeft: number; callsAfter: number; seconds: number };
 }
 
 export async function clientsLeaving(ctx: Context, fake: Server): Promise<LeavingResult> {
@@ -68,6 +73,7 @@ export async function clientsLeaving(ctx: Context, fake: Server): Promise<Leavin
       });
     }
     const peak = memory.stop();
+    const queued = await queuedThenLeft(ctx, fake, gateway.url, gauge);
     const last = result.at(-1);
     ctx.log(
       `  leaving: ${rounds} rounds of ${perRound} × ${(bodyBytes / 1e6).toFixed(0)} MB, clients gone: the budget counts ${((last?.countedAfterLeaving ?? 0) / 1e6).toFixed(0)} MB, ${last?.upstreamRunning} calls still hold their bodies; RSS ${((last?.rssBytes ?? 0) / 1e6).toFixed(0)} MB`,
@@ -81,10 +87,48 @@ export async function clientsLeaving(ctx: Context, fake: Server): Promise<Leavin
       rounds: result,
       peakRssBytes: peak.maxRss,
       hwmBytes: peak.hwm,
+      queued,
     };
   } finally {
     memory.stop();
     await gateway.child.kill();
     await resetFake(fake);
   }
+}
+
+/**
+ * More small requests than the gate starts in a few seconds; once some wait at the gate, every
+ * client leaves. Are the calls still queued for them sent upstream?
+ */
+async function queuedThenLeft(
+  ctx: Context,
+  fake: Server,
+  url: string,
+  gauge: (name: string) => Promise<number>,
+): Promise<LeavingResult['queued']> {
+  const { queuedRequests, watchSeconds } = ctx.settings.leaving;
+  const stop = new AbortController();
+  const before = await upstreamCalls(fake);
+  const tag = `queued ${Date.now().toString(36)}`;
+  const sending = burst(
+    url,
+    gatewayHeaders,
+    distinctBodies(queuedRequests, pngForBody(2_000), tag),
+    {
+      signal: stop.signal,
+    },
+  );
+  // Once the gate has started some (its rate is the default), the rest wait in its queue.
+  await waitForCalls(fake, before + 1, 30_000);
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  const queuedWhenLeft = await gauge('gateway_upstream_queued');
+  stop.abort();
+  await sending;
+  const left = await upstreamCalls(fake);
+  await new Promise((resolve) => setTimeout(resolve, watchSeconds * 1000));
+  const callsAfter = (await upstreamCalls(fake)) - left;
+  ctx.log(
+    `  leaving: ${queuedWhenLeft} calls queued when ${queuedRequests} clients left; ${callsAfter} reached the upstream in the next ${watchSeconds} s`,
+  );
+  return { requests: queuedRequests, queuedWhenLeft, callsAfter, seconds: watchSeconds };
 }

@@ -23,7 +23,7 @@ import {
   memoryUsageOf,
   pollMemory,
 } from './processes.ts';
-import type { Context } from './scenarios.ts';
+import { type Context, median } from './scenarios.ts';
 
 export const HELD_SERVERS = ['gateway', '@fastify/http-proxy', 'bare Fastify'] as const;
 export type HeldServer = (typeof HELD_SERVERS)[number];
@@ -70,8 +70,8 @@ export interface BytesRun {
   bodyBytes: number;
   latencyMs: number;
   statuses: Record<string, number>;
-  /** Refusals (429/503) that carried retry-after, and the latest a refusal came. */
-  refusals: { count: number; withRetryAfter: number; lastMs: number };
+  /** Refusals (429/503) that carried retry-after; when the median and the last one arrived. */
+  refusals: { count: number; withRetryAfter: number; medianMs: number; lastMs: number };
   lastAnswerMs: number;
   rssBeforeBytes: number;
   peakRssBytes: number;
@@ -114,7 +114,8 @@ export function startHeld(ctx: Context, fake: Server, which: HeldServer): Promis
     ? startGateway({ upstreamUrl: fake.url, dir: ctx.dir, exposeGc: true })
     : which === 'bare Fastify'
       ? startFloor({ exposeGc: true })
-      : startHttpProxy(fake.url, { exposeGc: true });
+      : // Its pool's default of 128 upstream connections would hold the rest unread.
+        startHttpProxy(fake.url, { exposeGc: true, connections: 10_000 });
 }
 
 /**
@@ -280,6 +281,7 @@ export async function boundedBytes(
       refusals: {
         count: refused.length,
         withRetryAfter: refused.filter((a) => a.retryAfter !== undefined).length,
+        medianMs: median(refused.map((a) => a.doneMs)),
         lastMs: Math.max(0, ...refused.map((a) => a.doneMs)),
       },
       lastAnswerMs: Math.max(...answers.map((a) => a.doneMs)),

@@ -110,10 +110,13 @@ export async function startFloor(options: { exposeGc?: boolean } = {}): Promise<
 
 export async function startHttpProxy(
   upstreamUrl: string,
-  options: { exposeGc?: boolean } = {},
+  options: { exposeGc?: boolean; connections?: number } = {},
 ): Promise<Server> {
   const { child, url } = await startNodeServer('@fastify/http-proxy', 'http-proxy.ts', {
-    env: { UPSTREAM_URL: upstreamUrl },
+    env: {
+      UPSTREAM_URL: upstreamUrl,
+      ...(options.connections ? { PROXY_CONNECTIONS: String(options.connections) } : {}),
+    },
     execArgv: options.exposeGc ? ['--expose-gc'] : [],
   });
   return { name: '@fastify/http-proxy', url, child };

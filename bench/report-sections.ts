@@ -29,28 +29,33 @@ environment), unless a scenario names a setting. What it derives from them here
 }
 
 function burstSection(r: Results): string {
-  const b = r.burst;
+  const runs = r.burst ?? [];
+  const b = runs[0];
   if (!b) return '';
-  const u = b.upstream;
   const merge = r.merge
-    ? `\nThen, on the same gateway, ${r.merge.requests} identical requests at once (upstream ${seconds(r.merge.latencyMs)}): ${r.merge.upstreamCalls} upstream call(s); cache-status ${Object.entries(
+    ? `\nThen, on the first gateway, ${r.merge.requests} identical requests at once (upstream ${seconds(r.merge.latencyMs)}): ${r.merge.upstreamCalls} upstream call(s); cache-status ${Object.entries(
         r.merge.cacheStatuses,
       )
         .map(([k, v]) => `${v} × "${k}"`)
         .join(', ')}.\n`
     : '';
+  const row = (label: string, value: (run: (typeof runs)[number]) => string) =>
+    `| ${label} | ${runs.map(value).join(' | ')} |`;
   return `### Burst at the default settings
 
 ${int(b.requests)} distinct ~${kb(b.bodyBytes)} requests sent at once (one connection each) to a fresh
-gateway at its defaults; the upstream answers each call after ${seconds(b.latencyMs)}.
+gateway at its defaults; the upstream answers each call after ${seconds(b.latencyMs)}. First the bench's
+gateway server (\`buildApp\` from the sources, as in every other scenario), then the compiled entry point
+as the image runs it (\`node dist/server.js\`, a clients file, nothing else set).
 
-| | |
-| --- | --- |
-| answers | ${statusList(b.statuses)} |
-| first, last answer | ${seconds(b.firstAnswerMs)}, ${seconds(b.lastAnswerMs)} after the burst began |
-| calls at the upstream | ${int(u.calls)}, arriving from ${seconds(u.firstArrivalMs)} to ${seconds(u.lastArrivalMs)}: ${u.startsPerSecond.toFixed(1)} started per second |
-| gate (sampled every second) | up to ${int(u.maxRunning)} calls running, ${int(u.maxQueued)} queued |
-| gateway RSS | ${mb(b.rssBeforeBytes)} idle → peak ${mb(peakOf(b))} (near the peak: ${heap(b.memoryAtPeak)}) |
+| | ${runs.map((run) => run.runAs).join(' | ')} |
+| --- | ${runs.map(() => '---').join(' | ')} |
+${row('answers', (run) => statusList(run.statuses))}
+${row('first, last answer', (run) => `${seconds(run.firstAnswerMs)}, ${seconds(run.lastAnswerMs)}`)}
+${row('calls at the upstream', (run) => `${int(run.upstream.calls)}, arriving ${seconds(run.upstream.firstArrivalMs)}–${seconds(run.upstream.lastArrivalMs)} (${run.upstream.startsPerSecond.toFixed(1)}/s on average, at most ${run.upstream.maxInOneSecond} within any one second)`)}
+${row('gate (sampled every second)', (run) => `up to ${int(run.upstream.maxRunning)} running, ${int(run.upstream.maxQueued)} queued`)}
+${row('gateway RSS idle → peak', (run) => `${mb(run.rssBeforeBytes)} → **${mb(peakOf(run))}**`)}
+${row('near the peak', (run) => heap(run.memoryAtPeak))}
 ${merge}`;
 }
 
@@ -124,7 +129,7 @@ function bytesSection(r: Results): string {
               .map(([k, v]) => `\`${k}=${v}\``)
               .join(', ')})`
           : ''
-      } | ${mb(run.budget.bytes)}, ${mb(run.budget.perClient)} | ${run.clients} | ${statusList(run.statuses)} | ${run.refusals.count > 0 ? `${run.refusals.withRetryAfter}/${run.refusals.count} with retry-after, all by ${seconds(run.refusals.lastMs)}` : 'none'} | ${seconds(run.lastAnswerMs)} | ${mb(run.rssBeforeBytes)} → ${mb(peakOf(run))} | ${heap(run.memoryAtPeak)} |`,
+      } | ${mb(run.budget.bytes)}, ${mb(run.budget.perClient)} | ${run.clients} | ${statusList(run.statuses)} | ${run.refusals.count > 0 ? `${run.refusals.withRetryAfter}/${run.refusals.count} with retry-after; half by ${seconds(run.refusals.medianMs)}, all by ${seconds(run.refusals.lastMs)}` : 'none'} | ${seconds(run.lastAnswerMs)} | ${mb(run.rssBeforeBytes)} → ${mb(peakOf(run))} | ${heap(run.memoryAtPeak)} |`,
   );
   const first = runs[0];
   return `### Bounded bytes in flight
@@ -157,6 +162,10 @@ this client's). Each round sends ${l.perRound} distinct ~${mb(l.bodyBytes)} bodi
 | round | budget counts, clients waiting | budget counts, clients gone | upstream calls still running | gateway RSS |
 | ---: | ---: | ---: | --- | ---: |
 ${rows.join('\n')}
+
+Then, on the same gateway, ${int(l.queued.requests)} distinct ~2 KB requests at once; 1.5 s after the first call reached
+the upstream, with ${int(l.queued.queuedWhenLeft)} calls waiting at the gate, every client disconnects. In the next
+${l.queued.seconds} s, **${int(l.queued.callsAfter)} calls still reached the upstream** for requests nobody was waiting for.
 `;
 }
 

@@ -13,7 +13,8 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config.ts';
 import { machineMemoryBytes } from '../src/machine.ts';
-import { burstAndMerge, steadyState } from './capacity.ts';
+import { measureBurst, merge, steadyState } from './capacity.ts';
+import { buildCompiled, entryEnvironment, startEntryPoint } from './entry.ts';
 import { FLOOD, noisyNeighbour, STEADY } from './fairness.ts';
 import { idleMemory } from './idle.ts';
 import { clientsLeaving } from './leaving.ts';
@@ -187,7 +188,20 @@ async function main(): Promise<void> {
       log(
         `burst: ${b.requests} distinct ~${b.bodyBytes / 1000} KB requests at once, upstream ${b.latencyMs / 1000} s, default settings; then merge: ${settings.merge.requests} identical`,
       );
-      Object.assign(partial, await burstAndMerge(ctx, { fake, gateway: await fresh() }));
+      const gateway = await fresh();
+      partial.burst = [await measureBurst(ctx, fake, gateway, 'sources')];
+      partial.merge = await merge(ctx, fake, gateway);
+      await gateway.child.stop();
+      // As the image runs it: the compiled entry point (the same build as the idle scenario's).
+      const built = buildCompiled(dir);
+      if (built.entry) {
+        const { cwd, env } = entryEnvironment(dir, fake.url);
+        const compiled = await startEntryPoint(built.entry, env, cwd);
+        partial.burst.push(await measureBurst(ctx, fake, compiled, 'compiled'));
+        await compiled.child.stop();
+      } else {
+        log(`burst through the compiled entry point skipped: ${built.error}`);
+      }
     }
     if (only.has('steady')) {
       const st = settings.steady;

@@ -26,7 +26,14 @@ export interface Settings {
   /** Multi-megabyte distinct bodies at once against a slow upstream. */
   bytes: { requests: number; bodyBytes: number; latencyMs: number; containerBytes: number };
   /** Rounds of such bodies whose clients leave once their calls are upstream (container budget). */
-  leaving: { rounds: number; perRound: number; latencyMs: number };
+  leaving: {
+    rounds: number;
+    perRound: number;
+    latencyMs: number;
+    /** Then small requests, more than the gate starts at once; watched after their clients left. */
+    queuedRequests: number;
+    watchSeconds: number;
+  };
   /** The steady client's rate and the flood's, against an upstream answering after latencyMs. */
   noisy: { latencyMs: number; steadyRate: number; floodRate: number; seconds: number };
   /** Idle RSS of the sources and the compiled build: runs, and seconds after /healthz answers. */
@@ -64,7 +71,13 @@ export const FULL: Settings = {
   },
   bytesRuns: ['defaults', 'container'],
   bytes: { requests: 100, bodyBytes: 4_000_000, latencyMs: 20_000, containerBytes: 2 ** 30 },
-  leaving: { rounds: 3, perRound: 30, latencyMs: 60_000 },
+  leaving: {
+    rounds: 3,
+    perRound: 30,
+    latencyMs: 60_000,
+    queuedRequests: 600,
+    watchSeconds: 8,
+  },
   noisy: { latencyMs: 1_500, steadyRate: 10, floodRate: 600, seconds: 20 },
   idle: { runs: 3, settleSeconds: 15 },
   profileSeconds: 10,
@@ -87,7 +100,13 @@ export const SMOKE: Settings = {
   },
   bytesRuns: ['container'],
   bytes: { requests: 12, bodyBytes: 4_000_000, latencyMs: 2_000, containerBytes: 2 ** 28 },
-  leaving: { rounds: 2, perRound: 6, latencyMs: 20_000 },
+  leaving: {
+    rounds: 2,
+    perRound: 6,
+    latencyMs: 20_000,
+    queuedRequests: 200,
+    watchSeconds: 1,
+  },
   noisy: { latencyMs: 300, steadyRate: 10, floodRate: 200, seconds: 1 },
   idle: { runs: 1, settleSeconds: 1 },
   profileSeconds: 0.2,
