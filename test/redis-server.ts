@@ -64,6 +64,46 @@ async function waitForPort(port: number, up: boolean, timeoutMs = 5_000): Promis
   );
 }
 
+class PortTaken extends Error {}
+
+/** The process id the redis-server on `port` reports (INFO server), or undefined. */
+function serverPid(port: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    let received = '';
+    const done = (pid: number | undefined) => {
+      socket.destroy();
+      resolve(pid);
+    };
+    socket.once('error', () => done(undefined));
+    socket.once('close', () => done(undefined));
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1');
+      const match = /process_id:(\d+)/.exec(received);
+      if (match) done(Number(match[1]));
+    });
+    socket.once('connect', () => socket.write('INFO server\r\n'));
+  });
+}
+
+/** Resolves once `child` itself answers on `port`; PortTaken if another server holds the port. */
+async function waitForOwnServer(port: number, child: ChildProcess, timeoutMs = 5_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new PortTaken(`redis-server could not listen on port ${port}`);
+    }
+    const pid = await serverPid(port);
+    if (pid === child.pid) return;
+    if (pid !== undefined) {
+      child.kill('SIGKILL');
+      throw new PortTaken(`port ${port} is held by another redis-server (pid ${pid})`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`redis-server on port ${port} did not answer in ${timeoutMs} ms`);
+}
+
 export interface RedisServerOptions {
   /**
    * Extra redis-server arguments, e.g. `['--maxmemory', '4mb', '--maxmemory-policy',
@@ -85,11 +125,11 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Test
       close: async () => {},
     };
   }
-  const port = await freePort();
+  let port = await freePort();
   let child: ChildProcess | undefined;
   const start = async () => {
     if (child && child.exitCode === null) return;
-    child = spawn(
+    const spawned = spawn(
       'redis-server',
       [
         '--port',
@@ -106,8 +146,20 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Test
       ],
       { stdio: 'ignore' },
     );
-    await waitForPort(port, true);
+    child = spawned;
+    await waitForOwnServer(port, spawned);
   };
+  // Another worker's server can take the free port between freePort() and the spawn: then ours
+  // fails to bind, and every test would silently share the other server. Try another port.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await start();
+      break;
+    } catch (error) {
+      if (!(error instanceof PortTaken) || attempt === 5) throw error;
+      port = await freePort();
+    }
+  }
   const stop = async () => {
     const running = child;
     child = undefined;
@@ -117,6 +169,5 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Test
     await exited;
     await waitForPort(port, false);
   };
-  await start();
   return { url: `redis://127.0.0.1:${port}`, stop, start, close: stop };
 }
