@@ -162,6 +162,9 @@ describeWithRedis('billing across replicas sharing Redis', () => {
       .toBe(1);
     await hold.releaseAll();
     const [ownerAnswer, joinedAnswer] = await Promise.all([owner, joined]);
+    // Had Redis failed meanwhile, the joined request would have made its own call (a fallback).
+    const fallbacks = await metricSum(b, 'gateway_merge_events_total', { event: 'fallback' });
+    expect(fallbacks, 'a Redis failure made the joined request fall back').toBe(0);
     expect([ownerAnswer.statusCode, joinedAnswer.statusCode]).toEqual([200, 200]);
     expect(joinedAnswer.body).toBe(ownerAnswer.body);
     expect(await metricSum(b, 'gateway_merge_events_total', { event: 'remote' })).toBe(1);
