@@ -9,5 +9,6 @@ export default defineConfig({
     // vitest's 5 s default cut such runs short. Tests wait on events within these bounds.
     testTimeout: 30_000,
     hookTimeout: 30_000,
+    expect: { poll: { timeout: 10_000 } },
   },
 });

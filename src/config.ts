@@ -23,7 +23,13 @@ const tokenPool = z
   )
   .pipe(
     z
-      .array(z.string().regex(/^[\x21-\x7e]+$/, 'tokens must be printable ASCII without spaces'))
+      .array(
+        z
+          .string()
+          .regex(/^[\x21-\x7e]+$/, 'tokens must be printable ASCII without spaces')
+          // Tokens are masked by value in upstream text: a short one would match ordinary text.
+          .min(8, 'each token must be at least 8 characters (real tokens are far longer)'),
+      )
       .min(1, 'must hold at least one token')
       // The gate's rate grows with the pool's size: a token listed twice would double it.
       .refine((tokens) => new Set(tokens).size === tokens.length, 'lists the same token twice'),

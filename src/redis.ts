@@ -8,7 +8,8 @@ import type { CoreLogger } from './upstream/client.ts';
  */
 export const REDIS_DEFAULTS = {
   connectTimeoutMs: 1_000,
-  commandTimeoutMs: 500,
+  /** Long enough to survive an event-loop stall on a loaded machine, short enough to fail fast. */
+  commandTimeoutMs: 1_000,
   maxRetriesPerRequest: 1,
   /** Reconnect back-off: 100 ms, 200 ms, … capped at 2 s. */
   reconnectMaxDelayMs: 2_000,

@@ -19,6 +19,11 @@ async function main(): Promise<void> {
     delay: config.SHUTDOWN_TIMEOUT_MS,
     logger: false as const,
     skip: ['SIGHUP' as const],
+    onTimeout: (ms: number) =>
+      app.log.error(
+        { shutdown_timeout_ms: ms },
+        'drain budget ran out; exiting with requests in flight',
+      ),
   };
   closeWithGrace(graceful, async ({ signal, err }) => {
     if (err) app.log.error({ err }, 'closing after an unexpected error');

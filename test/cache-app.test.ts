@@ -245,6 +245,26 @@ describe('request merging in one process', () => {
     expect((await send(g)).statusCode).toBe(200);
     expect(g.fake.callCount(RECOGNITION)).toBe(3);
   });
+
+  test("a merged request that gets the shared call's error is logged and counted as merged", async ({
+    gateway: g,
+  }) => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const hold = gateHold(g);
+    await hold.takeSlot();
+    // Unreachable: the owner's call fails with the gateway's own 502 (thrown, not an answer).
+    g.fake.setDefaultFault({ kind: 'reset' });
+    const runs = Array.from({ length: 4 }, () => send(g));
+    await expect
+      .poll(() => metricSum(g, 'gateway_merge_events_total', { event: 'merged' }), EVENT_BOUND)
+      .toBe(3);
+    hold.releaseAll();
+    const results = await Promise.all(runs);
+    expect(results.map((r) => r.statusCode)).toEqual([502, 502, 502, 502]);
+    const caches = results.map((r) => completionOf(g, r)?.cache);
+    expect(caches.filter((cache) => cache === 'merged')).toHaveLength(3);
+    expect(await metricSum(g, 'gateway_cache_events_total', { event: 'merged' })).toBe(3);
+  });
 });
 
 describe('repeats of byte-identical bodies', () => {

@@ -27,7 +27,7 @@ function configError(
 
 /** The variable a problem line is about: `PORT: …` → PORT. */
 const variableOf = (problem: string) => /^([A-Z_]+)[.:]/.exec(problem)?.[1];
-const TOKEN = { ACEDATA_API_TOKEN: 'tok-1' };
+const TOKEN = { ACEDATA_API_TOKEN: 'token-one' };
 
 /** Every setting and its default (docs/configuration.md); derived ones have none. */
 const DEFAULTS = {
@@ -81,7 +81,7 @@ describe('configSchema', () => {
 describe('loadConfig: defaults', () => {
   it('applies every default when only ACEDATA_API_TOKEN is set', () => {
     const { derived, ...config } = loadConfig(TOKEN);
-    expect(config).toStrictEqual({ ACEDATA_API_TOKEN: ['tok-1'], ...DEFAULTS });
+    expect(config).toStrictEqual({ ACEDATA_API_TOKEN: ['token-one'], ...DEFAULTS });
     for (const name of UNSET_BY_DEFAULT) expect(config).not.toHaveProperty(name);
     expect(derived).toEqual(deriveLimits(config));
   });
@@ -237,9 +237,9 @@ describe('loadConfig: every setting and its range', () => {
 
 describe('ACEDATA_API_TOKEN', () => {
   it('turns a comma-separated list into a trimmed pool, dropping empty entries', () => {
-    expect(loadConfig({ ACEDATA_API_TOKEN: ' tok-a , tok-b,,tok-c , ' }).ACEDATA_API_TOKEN).toEqual(
-      ['tok-a', 'tok-b', 'tok-c'],
-    );
+    expect(
+      loadConfig({ ACEDATA_API_TOKEN: ' token-a1 , token-b2,,token-c3 , ' }).ACEDATA_API_TOKEN,
+    ).toEqual(['token-a1', 'token-b2', 'token-c3']);
   });
 
   it('is required; empty, blank or a list of nothing counts as missing or empty', () => {
@@ -250,6 +250,14 @@ describe('ACEDATA_API_TOKEN', () => {
     expect(configError({ ACEDATA_API_TOKEN: ' , ' }).problems).toEqual([
       'ACEDATA_API_TOKEN: must hold at least one token',
     ]);
+  });
+
+  it('refuses a token shorter than 8 characters (masked by value, it would match ordinary text)', () => {
+    const error = configError({ ACEDATA_API_TOKEN: 'token-ok-1,360' });
+    expect(error.problems).toEqual([
+      'ACEDATA_API_TOKEN.1: each token must be at least 8 characters (real tokens are far longer)',
+    ]);
+    expect(error.message).not.toContain('360');
   });
 
   it('refuses the same token listed twice (it would double the gate rate), never echoing it', () => {
@@ -322,7 +330,7 @@ describe('settings checked against each other', () => {
 
   it('reports every problem at once: each setting alone and the settings together', () => {
     const error = configError({
-      ACEDATA_API_TOKEN: 'tok-1,tok-1',
+      ACEDATA_API_TOKEN: 'token-one,token-one',
       PORT: '9000',
       ADMIN_PORT: '9000',
       CACHE_TTL_SECONDS: '-1',

@@ -373,7 +373,7 @@ const hostPort = (url: string) => {
 
 /** What the gateway makes of the compose file's environment (the token comes from .env). */
 const composeConfig = () =>
-  loadConfig({ ...imageEnv(), ...environment(service(gatewayName)), ACEDATA_API_TOKEN: 'x' });
+  loadConfig({ ...imageEnv(), ...environment(service(gatewayName)), ACEDATA_API_TOKEN: 'deploy-test-token' });
 
 // ---------------------------------------------------------------------------------------------
 // PromQL and the dashboard
@@ -512,7 +512,7 @@ describe('docker-compose.yml', () => {
     expect(containerPorts(gateway)).not.toContain(config.ADMIN_PORT);
     expect((gateway.expose ?? []).map(Number)).toEqual([config.ADMIN_PORT]);
     // Outside containers the admin port stays on loopback unless told otherwise.
-    expect(loadConfig({ ACEDATA_API_TOKEN: 'x' }).ADMIN_HOST).toBe('127.0.0.1');
+    expect(loadConfig({ ACEDATA_API_TOKEN: 'deploy-test-token' }).ADMIN_HOST).toBe('127.0.0.1');
     // Nothing else is published beyond loopback.
     for (const [name, svc] of Object.entries(services)) {
       if (name === gatewayName) continue;
@@ -530,7 +530,7 @@ describe('docker-compose.yml', () => {
     expect(binds(gateway).some((bind) => bind.target === inContainer)).toBe(false);
     expect(mount?.readOnly).toBe(false);
     // The host CLI with no .env (compose-check.sh, a first run) uses the config default.
-    const hostDefault = loadConfig({ ACEDATA_API_TOKEN: 'x' }).GATEWAY_CLIENTS_FILE;
+    const hostDefault = loadConfig({ ACEDATA_API_TOKEN: 'deploy-test-token' }).GATEWAY_CLIENTS_FILE;
     expect(posix.normalize(hostDefault)).toBe(
       posix.normalize(posix.join(mount?.source ?? '', posix.basename(inContainer))),
     );
@@ -563,7 +563,7 @@ describe('docker-compose.yml', () => {
 
   it('outlasts the drain on stop, and restarts', () => {
     const gateway = service('gateway');
-    const shutdownMs = loadConfig({ ACEDATA_API_TOKEN: 'x' }).SHUTDOWN_TIMEOUT_MS;
+    const shutdownMs = loadConfig({ ACEDATA_API_TOKEN: 'deploy-test-token' }).SHUTDOWN_TIMEOUT_MS;
     expect(durationMs(gateway.stop_grace_period ?? '10s')).toBeGreaterThan(shutdownMs);
     expect(gateway.stop_signal ?? one('STOPSIGNAL')).toBe('SIGTERM');
     expect(gateway.restart).toBe('unless-stopped');
@@ -766,7 +766,7 @@ describe('Dockerfile', () => {
   });
 
   it('exposes the default API and admin ports', () => {
-    const config = loadConfig({ ACEDATA_API_TOKEN: 'x' });
+    const config = loadConfig({ ACEDATA_API_TOKEN: 'deploy-test-token' });
     expect(
       one('EXPOSE')
         .split(/\s+/)

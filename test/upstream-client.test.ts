@@ -513,7 +513,7 @@ describe('token pool', () => {
   });
 
   it('refuses a token listed twice at start-up (it would double the gate rate on one token)', () => {
-    expect(() => loadConfig({ ACEDATA_API_TOKEN: 't,t' })).toThrow(ConfigError);
+    expect(() => loadConfig({ ACEDATA_API_TOKEN: 'token-t1,token-t1' })).toThrow(ConfigError);
     try {
       loadConfig({ ACEDATA_API_TOKEN: 'tok.en-1, tok.en-1' });
     } catch (error) {

@@ -37,6 +37,8 @@ export interface AnswerRequest {
   rawDigest?: string;
   /** Images in the request, remembered with the raw digest for the log line of a raw hit. */
   images: number;
+  /** Called when this request turns out to share another's call, even if that call fails. */
+  onShared?: () => void;
 }
 
 export interface Answer {
@@ -120,17 +122,25 @@ export class CachedAnswers {
       return { ...cached, event: 'hit', cacheStatus: HIT };
     }
 
-    const merged = await this.#merger.run(
-      key,
-      async () => {
-        const reply = await request.call();
-        const stored = store !== undefined && isCacheable(reply.status, reply.json);
-        if (stored)
-          await store.set(key, { status: reply.status, body: reply.body }, this.#ttlSeconds);
-        return { status: reply.status, body: reply.body, retryAfter: reply.retryAfter, stored };
-      },
-      { deadline: request.deadline, getCached: lookup },
-    );
+    let ownCall = false;
+    const merged = await this.#merger
+      .run(
+        key,
+        async () => {
+          ownCall = true;
+          const reply = await request.call();
+          const stored = store !== undefined && isCacheable(reply.status, reply.json);
+          if (stored)
+            await store.set(key, { status: reply.status, body: reply.body }, this.#ttlSeconds);
+          return { status: reply.status, body: reply.body, retryAfter: reply.retryAfter, stored };
+        },
+        { deadline: request.deadline, getCached: lookup },
+      )
+      .catch((error: unknown) => {
+        // A merged request that gets the shared call's error (or times out waiting for it).
+        if (!ownCall) request.onShared?.();
+        throw error;
+      });
     const { status, body } = merged.value;
     const retryAfter = 'retryAfter' in merged.value ? merged.value.retryAfter : undefined;
     if (merged.source === 'cache') return { status, body, event: 'hit', cacheStatus: HIT };

@@ -73,6 +73,9 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
               rawDigest: request.rawDigest,
               images,
               call: () => billedCall(request, RECOGNITION, 'solve', bytes, 'solution'),
+              onShared: () => {
+                request.report.cache = 'merged';
+              },
             });
       request.report.cache = answer.event;
       reply.header('cache-status', answer.cacheStatus);
