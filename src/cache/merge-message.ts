@@ -38,7 +38,10 @@ export function encodeDone(outcome: { value: MergePayload } | { error: unknown }
   } satisfies DoneMessage);
 }
 
-const ROWS = Object.entries(GATEWAY_ERRORS) as [GatewayErrorName, { status: number; code: string }][];
+const ROWS = Object.entries(GATEWAY_ERRORS) as [
+  GatewayErrorName,
+  { status: number; code: string },
+][];
 
 /** The table row a code and status came from, so a waiter rebuilds the same error. */
 function rowFor(code: unknown, status: unknown): GatewayErrorName {

@@ -97,7 +97,8 @@ export class InflightMerger implements RequestMerger {
   ): Promise<MergeResult<T>> {
     for (;;) {
       const existing = this.#inflight.get(key) as Promise<T> | undefined;
-      if (existing === undefined) return { value: await this.#own(key, fn), shared: false, source: 'owner' };
+      if (existing === undefined)
+        return { value: await this.#own(key, fn), shared: false, source: 'owner' };
       this.#onEvent('merged');
       try {
         return { value: await existing, shared: true, source: 'local' };

@@ -108,7 +108,9 @@ export class DailyQuota {
   ): Promise<QuotaReservation> {
     if (perDay === undefined) return NOTHING_RESERVED;
     const key = this.#keyOf(clientId, now);
-    const stale = STALE_DAYS.map((days) => this.#keyOf(clientId, new Date(now.getTime() - days * 86_400_000)));
+    const stale = STALE_DAYS.map((days) =>
+      this.#keyOf(clientId, new Date(now.getTime() - days * 86_400_000)),
+    );
     const counter = await this.#counterFor(async (c) => c.reserve(key, perDay, stale));
     if (counter.result === -1) throw quotaRefusal(clientId, perDay, now);
     return {

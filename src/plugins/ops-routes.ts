@@ -15,11 +15,8 @@ export interface OpsRoutesOptions {
 /** `/metrics`, `/docs` and `/openapi.json`, on the admin server. */
 const opsRoutes: FastifyPluginAsync<OpsRoutesOptions> = async (app, { metrics, docs }) => {
   if (metrics) {
-    app.get(
-      '/metrics',
-      { config: { quietLog: true } },
-      async (_request, reply) =>
-        reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
+    app.get('/metrics', { config: { quietLog: true } }, async (_request, reply) =>
+      reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
     );
   }
   if (docs) {

@@ -30,7 +30,8 @@ const redisPlugin: FastifyPluginAsync<RedisPluginOptions> = async (app, { url, o
     return onStoreError === 'allow'
       ? {
           status: 'degraded',
-          detail: 'redis is unreachable: limits and quotas count per replica, cache and merging are local',
+          detail:
+            'redis is unreachable: limits and quotas count per replica, cache and merging are local',
         }
       : { status: 'failing', detail: 'redis is unreachable and RATE_LIMIT_ON_STORE_ERROR=deny' };
   });

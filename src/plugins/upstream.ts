@@ -21,14 +21,20 @@ const upstream: FastifyPluginAsync<UpstreamPluginOptions> = async (app, { client
   app.decorate('upstream', client);
   app.addReadinessCheck('upstream_circuit', () =>
     client.circuitState() === 'open'
-      ? { status: 'degraded', detail: 'the upstream circuit breaker is open; cache hits are served' }
+      ? {
+          status: 'degraded',
+          detail: 'the upstream circuit breaker is open; cache hits are served',
+        }
       : undefined,
   );
   app.addReadinessCheck('upstream_tokens', () => {
     const { usable, total } = client.tokenState();
     if (usable === total) return undefined;
     return usable === 0
-      ? { status: 'degraded', detail: `no upstream token is usable (0 of ${total}); cache hits are served` }
+      ? {
+          status: 'degraded',
+          detail: `no upstream token is usable (0 of ${total}); cache hits are served`,
+        }
       : { status: 'degraded', detail: `${usable} of ${total} upstream tokens are usable` };
   });
   app.addHook('onClose', async () => {
