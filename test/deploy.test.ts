@@ -373,7 +373,11 @@ const hostPort = (url: string) => {
 
 /** What the gateway makes of the compose file's environment (the token comes from .env). */
 const composeConfig = () =>
-  loadConfig({ ...imageEnv(), ...environment(service(gatewayName)), ACEDATA_API_TOKEN: 'deploy-test-token' });
+  loadConfig({
+    ...imageEnv(),
+    ...environment(service(gatewayName)),
+    ACEDATA_API_TOKEN: 'deploy-test-token',
+  });
 
 // ---------------------------------------------------------------------------------------------
 // PromQL and the dashboard

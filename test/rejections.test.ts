@@ -200,26 +200,14 @@ describe('400 bad_request: recognition fields of the wrong JSON type', () => {
     ['question is an array', { question: [CANARY] }, 'body.question: must be a string'],
     ['async is a string', { async: 'true' }, 'body.async: must be a boolean'],
     ['async is a number', { async: 1 }, 'body.async: must be a boolean'],
-    [
-      'queries are missing',
-      { queries: undefined },
-      'body.queries: is required',
-    ],
-    [
-      'queries are a string',
-      { queries: PNG_1X1 },
-      'body.queries: must be an array of images',
-    ],
+    ['queries are missing', { queries: undefined }, 'body.queries: is required'],
+    ['queries are a string', { queries: PNG_1X1 }, 'body.queries: must be an array of images'],
     [
       'queries are an object',
       { queries: { 0: PNG_1X1 } },
       'body.queries: must be an array of images',
     ],
-    [
-      'queries are null',
-      { queries: null },
-      'body.queries: must be an array of images',
-    ],
+    ['queries are null', { queries: null }, 'body.queries: must be an array of images'],
     ['queries are empty', { queries: [] }, 'body.queries: must hold at least 1 image'],
     ['a query is a number', { queries: [123] }, 'body.queries[0]: must be a string'],
     ['a query is null', { queries: [null] }, 'body.queries[0]: must be a string'],
@@ -339,11 +327,7 @@ describe('400 bad_request: token fields', () => {
       { website_key: undefined, website_url: undefined },
       'body.website_key: is required; body.website_url: is required',
     ],
-    [
-      'website_key a number',
-      { website_key: 1 },
-      'body.website_key: must be a string',
-    ],
+    ['website_key a number', { website_key: 1 }, 'body.website_key: must be a string'],
     ['website_key empty', { website_key: '' }, 'body.website_key: must not be empty'],
     [
       'website_url an object',
