@@ -512,17 +512,19 @@ export async function startHeldUpstream(): Promise<HeldUpstream> {
 export interface MemorySample {
   at: number;
   heapUsed: number;
+  /** Memory outside the JS heap held by live objects: Buffers, mostly (bodies, answers). */
+  external: number;
   rss: number;
 }
 
 const gc = (globalThis as { gc?: () => void }).gc;
 export const gcExposed = typeof gc === 'function';
 
-/** Runs a full GC first when --expose-gc is on, so heapUsed is the live set. */
+/** Runs a full GC first when --expose-gc is on, so heapUsed and external are the live set. */
 export function sampleMemory(at: number): MemorySample {
   gc?.();
-  const { heapUsed, rss } = process.memoryUsage();
-  return { at, heapUsed, rss };
+  const { heapUsed, external, rss } = process.memoryUsage();
+  return { at, heapUsed, external, rss };
 }
 
 export const mb = (bytes: number) => Math.round((bytes / 1024 / 1024) * 10) / 10;
