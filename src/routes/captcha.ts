@@ -5,7 +5,6 @@ import { cacheKey } from '../cache/key.ts';
 import { GatewayError } from '../errors.ts';
 import { releaseBody } from '../plugins/json-body.ts';
 import {
-  type ExpectedField,
   polledTaskId,
   type RecognitionRequest,
   recognitionRequestSchema,
@@ -16,7 +15,7 @@ import { type ImageLimits, imageLimitProblem } from '../schemas/image.ts';
 import { memberValueSpan } from '../schemas/json-text.ts';
 import { parseJson, upstreamErrorCode } from '../upstream/reply.ts';
 import { retryAfterMs } from '../upstream/retry-after.ts';
-import type { CallKind, UpstreamPath, UpstreamReply } from '../upstream/types.ts';
+import type { UpstreamCall, UpstreamPath, UpstreamReply } from '../upstream/types.ts';
 import { recognitionResponses, taskResponses, tokenResponses } from './responses.ts';
 
 export interface CaptchaRoutesOptions {
@@ -24,6 +23,9 @@ export interface CaptchaRoutesOptions {
   upstreamTimeoutMs: number;
   images: ImageLimits;
 }
+
+/** What a route decides about its upstream call; the rest comes from the request. */
+type Forward = Pick<UpstreamCall, 'path' | 'kind' | 'body' | 'expect'>;
 
 const RECOGNITION = '/captcha/recognition/hcaptcha';
 const TOKEN = '/captcha/token/hcaptcha';
@@ -72,7 +74,13 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
               deadline: deadlineOf(request),
               rawDigest: request.rawDigest,
               images,
-              call: () => billedCall(request, RECOGNITION, 'solve', bytes, 'solution'),
+              call: () =>
+                billedCall(request, {
+                  path: RECOGNITION,
+                  kind: 'solve',
+                  body: bytes,
+                  expect: 'solution',
+                }),
               onShared: () => {
                 request.report.cache = 'merged';
               },
@@ -102,7 +110,7 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
       const { raw } = releaseBody(request);
       const answer = isAsync
         ? await submitTask(request, TOKEN, raw)
-        : await billedCall(request, TOKEN, 'solve', raw, 'token');
+        : await billedCall(request, { path: TOKEN, kind: 'solve', body: raw, expect: 'token' });
       return sendUpstreamBytes(request, reply, answer);
     },
   );
@@ -135,7 +143,7 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
       return sendUpstreamBytes(
         request,
         reply,
-        await upstreamCall(request, TASKS, 'poll', raw, undefined),
+        await upstreamCall(request, { path: TASKS, kind: 'poll', body: raw, expect: undefined }),
       );
     },
   );
@@ -178,7 +186,7 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
 
   /** Creates a task and records its owner, so that only this client may poll it. */
   async function submitTask(request: FastifyRequest, path: UpstreamPath, body: Buffer) {
-    const answer = await billedCall(request, path, 'solve', body, 'task_id');
+    const answer = await billedCall(request, { path, kind: 'solve', body, expect: 'task_id' });
     const taskId = (answer.json as { task_id?: unknown }).task_id;
     if (answer.status < 300 && typeof taskId === 'string' && request.client) {
       await app.taskOwners.record(taskId, request.client.id);
@@ -190,37 +198,22 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
    * A call the upstream may bill, made by this request itself (never by a merged one): reserves
    * a unit of the client's daily quota first, and gives it back unless the upstream billed it.
    */
-  async function billedCall(
-    request: FastifyRequest,
-    path: UpstreamPath,
-    kind: CallKind,
-    body: Buffer,
-    expect: ExpectedField,
-  ): Promise<UpstreamReply> {
+  async function billedCall(request: FastifyRequest, forward: Forward): Promise<UpstreamReply> {
     const client = request.client;
     const perDay = request.routeOptions.config.countsTowardQuota
       ? client?.quota?.upstreamCallsPerDay
       : undefined;
     const reservation = await app.quota.reserve(client?.id ?? 'anonymous', perDay);
     try {
-      return await upstreamCall(request, path, kind, body, expect);
+      return await upstreamCall(request, forward);
     } finally {
       if (!request.report.billed) await reservation.release();
     }
   }
 
-  function upstreamCall(
-    request: FastifyRequest,
-    path: UpstreamPath,
-    kind: CallKind,
-    body: Buffer,
-    expect: ExpectedField,
-  ): Promise<UpstreamReply> {
+  function upstreamCall(request: FastifyRequest, forward: Forward): Promise<UpstreamReply> {
     return app.upstream.call({
-      path,
-      kind,
-      body,
-      expect,
+      ...forward,
       traceId: request.id,
       clientId: request.client?.id ?? 'anonymous',
       clientKey: request.clientKey,
