@@ -164,6 +164,7 @@ describe('shutdown under load', () => {
         for (const a of answers) expect(JSON.parse(a.body)).toHaveProperty('solution');
         expect(answers.every((a) => a.connection === 'close')).toBe(true);
         expect(exit).toEqual({ code: 0, signal: null });
+        expect(server.lines.at(-1)?.msg).toBe('closed');
         expect(completed).toHaveLength(IN_FLIGHT);
         expect(new Set(completed.map((l) => l.trace_id)).size).toBe(IN_FLIGHT);
         expect(upstream.calls.every((c) => c.authorization === `Bearer ${UPSTREAM_TOKEN}`)).toBe(
