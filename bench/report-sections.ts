@@ -5,6 +5,8 @@ import { int, kb, MB, mb, peakOf, perRequestGoal, seconds, statusList } from './
 import type { HeldMemory } from './memory.ts';
 import type { Results } from './report.ts';
 
+const gib = (bytes: number) => `${+(bytes / 2 ** 30).toFixed(2)} GiB`;
+
 const heap = (m: NodeJS.MemoryUsage | undefined) =>
   m
     ? `V8 heap ${mb(m.heapUsed)} used of ${mb(m.heapTotal)}, array buffers ${mb(m.arrayBuffers)}`
@@ -136,7 +138,7 @@ function bytesSection(r: Results): string {
 
 ${first ? `${first.requests} distinct ~${mb(first.bodyBytes)} bodies sent at once (the clients share them equally), upstream answering after ${seconds(first.latencyMs)}.` : ''}
 At the defaults the budget is ⅛ of this machine's memory; the second run sets \`INFLIGHT_BYTES_MAX\`
-to what the default derives inside a container with a ${mb(r.settings.bytes.containerBytes)} memory limit.
+to what the default derives inside a container with a ${gib(r.settings.bytes.containerBytes)} memory limit.
 
 | run | budget, per client | clients | answers | refusals | last answer | gateway RSS idle → peak | near the peak |
 | --- | --- | ---: | --- | --- | ---: | --- | --- |
