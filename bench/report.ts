@@ -52,6 +52,8 @@ export interface Results {
   idle?: IdleResult;
   targets: TargetCheck[];
   profiles: { hit?: ProfileSummary; miss?: ProfileSummary };
+  /** The body size the hit profile was taken with (the lowest ratio to the floor). */
+  profileHitBytes?: number;
 }
 
 export type ScenarioName =
@@ -412,7 +414,10 @@ taken in the same run after the measurements; start-up samples are left out. Sel
 spent in the function itself, not in what it calls; percentages are of the process's busy time.
 
 ${[
-  ...profileTable(`hit (cache on, ~${kb(s.hitSizes.at(-1) ?? 0)} body)`, r.profiles.hit),
+  ...profileTable(
+    `hit (cache on, ~${kb(r.profileHitBytes ?? s.hitSizes.at(-1) ?? 0)} body)`,
+    r.profiles.hit,
+  ),
   ...profileTable('miss (cache off, unique ~2 KB bodies)', r.profiles.miss),
 ].join('\n')}`
       : 'No CPU-bound target (hit, miss, latency) was missed, so no CPU profile was taken.\n';

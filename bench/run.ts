@@ -278,13 +278,21 @@ async function main(): Promise<void> {
       hit: args.profile ?? missed('hit'),
       miss: args.profile ?? missed('miss', 'latency'),
     };
+    // The hit profile uses the body size whose ratio to the floor was lowest.
+    const ratios = (partial.hit ?? []).map((size) => {
+      const rps = (name: string) => size.targets.find((t) => t.name === name)?.median.rps ?? 0;
+      return { bytes: size.bodyBytes, ratio: rps('gateway') / rps('bare Fastify') };
+    });
+    const worstHitSize =
+      ratios.sort((a, b) => a.ratio - b.ratio)[0]?.bytes ?? settings.hitSizes.at(-1) ?? 133_500;
     for (const which of ['hit', 'miss'] as const) {
       const scenarioGateway = (which === 'hit' ? hitServers : missServers)?.[0];
       if (scenarioGateway && isProfiled(scenarioGateway)) {
         partial.profiles[which] = await readProfile(scenarioGateway, 0);
       } else if (wanted[which] && only.has(which)) {
         log(`profile: gateway under the ${which} load`);
-        partial.profiles[which] = await profile(ctx, await profiled(which));
+        partial.profiles[which] = await profile(ctx, await profiled(which), worstHitSize);
+        if (which === 'hit') partial.profileHitBytes = worstHitSize;
       }
     }
     const results: Results = { ...partial, targets };

@@ -291,10 +291,14 @@ export async function startProfiledGateway(
 }
 
 /** Runs the scenario's load through a profiled gateway; start-up samples are left out. */
-export async function profile(ctx: Context, gateway: ProfiledGateway): Promise<ProfileSummary> {
+export async function profile(
+  ctx: Context,
+  gateway: ProfiledGateway,
+  hitBodyBytes = ctx.settings.hitSizes.at(-1) ?? 133_500,
+): Promise<ProfileSummary> {
   const body =
     gateway.which === 'hit'
-      ? recognitionBody(QUESTION, pngForBody(ctx.settings.hitSizes.at(-1) ?? 133_500))
+      ? recognitionBody(QUESTION, pngForBody(hitBodyBytes))
       : recognitionBody(`${QUESTION} ${UNIQUE_MARK}`, makePng(1_400));
   const target = { name: 'gateway', url: gateway.url, headers: gatewayHeaders };
   await expectOk(target, body.replace(UNIQUE_MARK, 'warm'));

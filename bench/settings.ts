@@ -101,10 +101,10 @@ export const SMOKE: Settings = {
   bytesRuns: ['container'],
   bytes: { requests: 12, bodyBytes: 4_000_000, latencyMs: 2_000, containerBytes: 2 ** 28 },
   leaving: {
-    rounds: 2,
-    perRound: 6,
+    rounds: 1,
+    perRound: 4,
     latencyMs: 20_000,
-    queuedRequests: 200,
+    queuedRequests: 100,
     watchSeconds: 1,
   },
   noisy: { latencyMs: 300, steadyRate: 10, floodRate: 200, seconds: 1 },
