@@ -132,7 +132,7 @@ export async function heldMemory(
   which: HeldServer,
   size: { bodyBytes: number; requests: number },
 ): Promise<HeldMemory> {
-  const { holdMs } = ctx.settings.memory;
+  const { holdMs, settleMs } = ctx.settings.memory;
   const headers =
     which === 'gateway'
       ? gatewayHeaders
@@ -167,7 +167,7 @@ export async function heldMemory(
         await sleep(250);
         held = await heldNow();
       }
-      await sleep(1_000);
+      await sleep(settleMs);
       return held;
     };
     const send = (part: Buffer[]) =>
@@ -182,7 +182,7 @@ export async function heldMemory(
     const halfMemory = await settledMemory(server.child);
     send(bodies.slice(half));
     const held = await holdUntil(bodies.length);
-    const rampMs = performance.now() - started - 1_000;
+    const rampMs = performance.now() - started - settleMs;
     const fullMemory = await settledMemory(server.child);
     const hwm = memoryOf(server.child.pid)?.peak ?? 0;
     const [idleSnap, halfSnap, fullSnap] = [idle, halfMemory, fullMemory].map((m) =>

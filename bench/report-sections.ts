@@ -107,7 +107,7 @@ warm-up of 20 requests of the same size: the gateway at its defaults with every 
 upstream (which answers after ${seconds(r.settings.memory.holdMs)}, longer than the measurement),
 \`@fastify/http-proxy\` in front of the same upstream, and bare Fastify holding each parsed request
 itself. Memory after two full garbage collections: idle, with the first half of the requests held,
-and with all held (each 1 s after the last was held). **Per request** is the difference between the
+and with all held (each ${seconds(r.settings.memory.settleMs ?? 1_000)} after the last was held). **Per request** is the difference between the
 last two, divided by the requests added: what one more request in flight costs. *From idle* divides
 all growth since idle by all requests held, so it also carries what a process grows by with its
 first requests (connection pools, compiled code, heap reserved ahead). *Live* is the same

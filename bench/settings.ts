@@ -19,8 +19,15 @@ export interface Settings {
   merge: { requests: number; latencyMs: number };
   /** Calls started per second at the fake in [windowMs[0], windowMs[1]) of a saturating load. */
   steady: { latencyMs: number; windowMs: [number, number] };
-  /** Requests held in flight per body size; the upstream (or bare Fastify) holds them holdMs. */
-  memory: { holdMs: number; sizes: Array<{ bodyBytes: number; requests: number }> };
+  /**
+   * Requests held in flight per body size; the upstream (or bare Fastify) holds them holdMs;
+   * memory is read settleMs after the last was held.
+   */
+  memory: {
+    holdMs: number;
+    settleMs: number;
+    sizes: Array<{ bodyBytes: number; requests: number }>;
+  };
   /** Which byte-budget runs: at the defaults, and with a container's budget (4 clients). */
   bytesRuns: Array<'defaults' | 'container'>;
   /** Multi-megabyte distinct bodies at once against a slow upstream. */
@@ -64,6 +71,7 @@ export const FULL: Settings = {
   steady: { latencyMs: 30_000, windowMs: [60_000, 90_000] },
   memory: {
     holdMs: 90_000,
+    settleMs: 1_000,
     sizes: [
       { bodyBytes: 20_000, requests: 2_000 },
       { bodyBytes: 133_500, requests: 300 },
@@ -96,6 +104,7 @@ export const SMOKE: Settings = {
   steady: { latencyMs: 1_000, windowMs: [1_000, 3_000] },
   memory: {
     holdMs: 15_000,
+    settleMs: 200,
     sizes: [{ bodyBytes: 20_000, requests: 60 }],
   },
   bytesRuns: ['container'],
@@ -104,7 +113,7 @@ export const SMOKE: Settings = {
     rounds: 1,
     perRound: 4,
     latencyMs: 20_000,
-    queuedRequests: 100,
+    queuedRequests: 200,
     watchSeconds: 1,
   },
   noisy: { latencyMs: 300, steadyRate: 10, floodRate: 200, seconds: 1 },
