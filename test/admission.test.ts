@@ -260,13 +260,21 @@ describe('bytes in flight', () => {
 
       leaving.socket.destroy();
       await leaving.closed;
+      // Its call had not been sent: it leaves the gate's queue, and its bytes are free again.
       await expect.poll(() => metricSum(g, 'gateway_inflight_bytes'), EVENT_BOUND).toBe(3000);
       expect(completionLines(g).filter((l) => l.status === 499)).toHaveLength(1);
-      // Its share is free again although its call still waits at the gate.
       const admitted = sendBytes(g, 3000, 'admitted');
-      await hold.queued(3);
+      await hold.queued(2);
       const answers = await releaseAll(hold, [staying, admitted]);
       expect(answers.map((r) => r.statusCode)).toEqual([200, 200]);
+      // No call was ever sent for the client that left.
+      const questions = g.fake.calls.map((c) =>
+        String((c.body as { question?: unknown })?.question),
+      );
+      expect(questions.some((q) => q.startsWith('leaves'))).toBe(false);
+      expect(
+        questions.filter((q) => q.startsWith('stays') || q.startsWith('admitted')),
+      ).toHaveLength(2);
     },
   );
 
@@ -337,6 +345,72 @@ describe('fair shares at the upstream gate (noisy neighbour)', () => {
         .slice(first)
         .map((call) => (call.body as { question: string }).question);
       expect(order).toEqual(['burst 1', 'steady', 'burst 2', 'burst 3', 'burst 4']);
+    },
+  );
+});
+
+describe('a client that leaves', () => {
+  const test = gatewayTest.override('gatewaySettings', {
+    env: { UPSTREAM_RATE_PER_SECOND: '1', BODY_LIMIT_BYTES: '65536' },
+  });
+
+  test(
+    'after its call was sent: its bytes stay held until the call ends (the call holds them)',
+    RELEASES,
+    async ({ gateway: g }) => {
+      const port = await listenLocally(g);
+      g.fake.enqueueFaults({ kind: 'hang' });
+      const body = bodyOfBytes(3000, 'sent-then-left');
+      const leaving = rawConnection(
+        port,
+        `POST ${RECOGNITION} HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer ${CLIENT_KEY}\r\n` +
+          `content-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`,
+      );
+      leaving.response.catch(() => {});
+      await g.fake.waitForCalls(1);
+      leaving.socket.destroy();
+      await leaving.closed;
+      await expect
+        .poll(() => completionLines(g).filter((l) => l.status === 499).length, EVENT_BOUND)
+        .toBe(1);
+      expect(await metricSum(g, 'gateway_inflight_bytes')).toBe(3000);
+      // The hung call ends when the fake goes (a reset answers it): only then are the bytes free.
+      await g.fake.close();
+      await expect.poll(() => metricSum(g, 'gateway_inflight_bytes'), EVENT_BOUND).toBe(0);
+    },
+  );
+
+  test(
+    'before its merged call was sent: the call is not sent for it, and a request merged into it makes its own',
+    RELEASES,
+    async ({ gateway: g }) => {
+      vi.useFakeTimers({ toFake: ['Date'] });
+      const port = await listenLocally(g);
+      const hold = gateHold(g);
+      await hold.takeSlot();
+      const payload = JSON.stringify(validBody({ question: 'owner leaves' }));
+      const leaving = rawConnection(
+        port,
+        `POST ${RECOGNITION} HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer ${CLIENT_KEY}\r\n` +
+          `content-type: application/json\r\ncontent-length: ${payload.length}\r\n\r\n${payload}`,
+      );
+      leaving.response.catch(() => {});
+      await hold.queued(1);
+      const merged = postJson(g, { key: OTHER_CLIENT_KEY, body: JSON.parse(payload) });
+      await expect
+        .poll(() => metricSum(g, 'gateway_merge_events_total', { event: 'merged' }), EVENT_BOUND)
+        .toBe(1);
+      leaving.socket.destroy();
+      await leaving.closed;
+      await hold.releaseAll();
+      const answer = await merged;
+      expect(answer.statusCode).toBe(200);
+      // One call for the question, sent for the request that stayed.
+      const calls = g.fake.calls.filter(
+        (c) => (c.body as { question?: unknown })?.question === 'owner leaves',
+      );
+      expect(calls).toHaveLength(1);
+      expect(calls[0]?.headers['x-request-id']).toBe(answer.headers['x-request-id']);
     },
   );
 });

@@ -30,6 +30,8 @@ declare module 'fastify' {
     report: RequestReport;
     /** Epoch ms the request arrived: its deadline counts from here. */
     receivedAt: number;
+    /** Aborted when the client leaves before its answer: a call not yet sent need not be. */
+    left: AbortSignal;
   }
   interface FastifyContextConfig {
     /** Completion line at debug level (health probes arrive every few seconds). */
@@ -212,14 +214,19 @@ const requestContext: FastifyPluginAsync = async (app) => {
   });
   app.decorateRequest('report', null as unknown as RequestReport);
   app.decorateRequest('receivedAt', 0);
+  app.decorateRequest('left', null as unknown as AbortSignal);
 
   app.addHook('onRequest', (request, reply, done) => {
     trackRequest(request);
     reply.header('x-request-id', request.id);
     // Fastify's onRequestAbort fires only while the body is still arriving; a client that leaves
     // while its request waits on the upstream is seen here, as a response closed unfinished.
+    const left = new AbortController();
+    request.left = left.signal;
     reply.raw.once('close', () => {
-      if (!reply.raw.writableFinished) completeRequest(request, CLIENT_CLOSED_REQUEST);
+      if (reply.raw.writableFinished) return;
+      left.abort();
+      completeRequest(request, CLIENT_CLOSED_REQUEST);
     });
     done();
   });

@@ -218,6 +218,7 @@ const captchaRoutes: FastifyPluginAsync<CaptchaRoutesOptions> = async (app, opti
       clientId: request.client?.id ?? 'anonymous',
       clientKey: request.clientKey,
       deadline: deadlineOf(request),
+      abandoned: request.left,
       report: request.report,
       log: request.log,
     });

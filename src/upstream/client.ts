@@ -85,6 +85,17 @@ interface CallState {
   lastRejection?: 'rejected' | 'used_up' | 'disabled';
 }
 
+/**
+ * The client left before its call was sent, so it is not sent. Personal: a request merged into
+ * this one starts over (and sends the call itself) instead of inheriting a stranger's departure.
+ */
+function clientLeft(cause: unknown): GatewayError {
+  return new GatewayError('upstream_unavailable', 'the client left before its call was sent', {
+    personal: true,
+    cause,
+  });
+}
+
 const CREDENTIALS_REJECTED =
   "the gateway's upstream credentials were rejected; this is the gateway's account, not your key — tell the gateway's operator";
 
@@ -234,12 +245,23 @@ export class UpstreamClient {
       const entry = this.#tokens.pick({ avoid: state.last, exclude: state.rejected });
       if (entry === undefined) throw this.#noUsableToken(call, state.lastRejection);
       state.last = entry;
-      await this.#coolDown(entry, call, signal);
-      // Every request, retries included, passes the gate: the upstream counts each one.
+      // Waiting (cool-down, gate) ends when the deadline passes or the client leaves.
+      const waiting = call.abandoned ? AbortSignal.any([signal, call.abandoned]) : signal;
       const send = () => this.#send(call, state, entry.token, signal);
-      const reply = await (this.#gate
-        ? this.#gate.run({ clientId: call.clientId, deadline: call.deadline, signal }, send)
-        : send());
+      let reply: UpstreamReply;
+      try {
+        await this.#coolDown(entry, call, waiting);
+        // Every request, retries included, passes the gate: the upstream counts each one.
+        reply = await (this.#gate
+          ? this.#gate.run(
+              { clientId: call.clientId, deadline: call.deadline, signal: waiting },
+              send,
+            )
+          : send());
+      } catch (error) {
+        if (call.abandoned?.aborted) throw clientLeft(error);
+        throw error;
+      }
       const problem = credentialProblem(reply);
       if (problem === undefined) {
         // A transient answer (5xx, 429, 408) may come before the token is even looked at.

@@ -47,6 +47,11 @@ export interface UpstreamCall {
   clientKey?: string;
   /** Epoch ms: the request's deadline, queueing and merging included. */
   deadline: number;
+  /**
+   * Aborted when the client has left: an attempt not yet sent is not sent (a sent one goes on —
+   * it is paid for, and merged requests and the cache still want its answer).
+   */
+  abandoned?: AbortSignal;
   report: UpstreamCallReport;
   log: CoreLogger;
 }
