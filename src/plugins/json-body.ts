@@ -1,6 +1,7 @@
 import { isUtf8 } from 'node:buffer';
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
+import { owned } from '../buffers.ts';
 import { GatewayError } from '../errors.ts';
 import { parseJsonText } from '../schemas/json-text.ts';
 
@@ -48,7 +49,9 @@ const jsonBody: FastifyPluginAsync = async (app) => {
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
     // A UTF-8 byte order mark is not JSON (RFC 8259 §8.1: parsers may ignore it): it is dropped
     // here, so the key, the raw-bytes hit and the forwarded bytes all start at the JSON text.
-    const raw = hasByteOrderMark(body as Buffer) ? (body as Buffer).subarray(3) : (body as Buffer);
+    const read = hasByteOrderMark(body as Buffer) ? (body as Buffer).subarray(3) : (body as Buffer);
+    // Held until the call ends (it is what is forwarded): in a buffer of its own.
+    const raw = owned(read);
     request.rawBody = raw;
     request.report.body_bytes = raw.length;
     request.inflightHold?.shrinkTo(raw.length);

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { concatOwned, owned } from '../buffers.ts';
 import { type Answer, parseCacheControl } from '../cache/cached-answers.ts';
 import { cacheKey } from '../cache/key.ts';
 import { GatewayError } from '../errors.ts';
@@ -261,12 +262,12 @@ function forwardedRecognition(
   const span = memberValueSpan(raw, 'queries');
   // Never undefined for a body that parsed with a `queries` member; the fallback is for safety.
   const bytes = span
-    ? Buffer.concat([
+    ? concatOwned([
         raw.subarray(0, span[0]),
         Buffer.from(JSON.stringify(queries)),
         raw.subarray(span[1]),
       ])
-    : Buffer.from(JSON.stringify(rewritten));
+    : owned(Buffer.from(JSON.stringify(rewritten)));
   return { bytes, json: rewritten };
 }
 

@@ -69,33 +69,38 @@ function checkBase64(item: string): QueryCheck {
   let text = DATA_URL_PREFIX.test(item) ? item.replace(DATA_URL_PREFIX, '') : item;
   let bytes = Buffer.from(text, 'base64');
   // Fast path: already canonical. Only other spellings pay for the regexes.
-  if (!isCanonical(text, bytes)) {
+  let canonical = canonicalOf(text, bytes);
+  if (canonical === undefined) {
     text = text.replace(WHITESPACE, '');
     if (URL_SAFE_CHARS.test(text)) text = text.replaceAll('-', '+').replaceAll('_', '/');
     bytes = Buffer.from(text, 'base64');
-    if (!isCanonical(text, bytes)) {
+    canonical = canonicalOf(text, bytes);
+    if (canonical === undefined) {
       return { ok: false, problem: `must be an http(s) URL or a Base64 ${IMAGE_FORMATS} image` };
     }
   }
   if (!MAGIC.some((matches) => matches(bytes))) {
     return { ok: false, problem: `must be a ${IMAGE_FORMATS} image` };
   }
-  const canonical = bytes.toString('base64');
+  // The client's own string when it is already canonical: no second copy is kept.
   return { ok: true, forward: canonical === item ? item : canonical };
 }
 
 /**
  * Strict Base64 by round trip: Node's decoder skips what is not Base64, so the text is valid
  * exactly when re-encoding its bytes gives the text back (padding optional). Two native passes;
- * a regex over a megabyte string costs far more.
+ * a regex over a megabyte string costs far more. Returns the canonical (padded, standard) text,
+ * or undefined when the text is not strict Base64 — one encoding serves both the check and the
+ * forwarded form.
  */
-function isCanonical(base64: string, bytes: Buffer): boolean {
-  if (bytes.length === 0) return false;
+function canonicalOf(base64: string, bytes: Buffer): string | undefined {
+  if (bytes.length === 0) return undefined;
   const canonical = bytes.toString('base64');
-  if (canonical === base64) return true;
+  if (canonical === base64) return canonical;
   let end = canonical.length;
   while (end > 0 && canonical.charCodeAt(end - 1) === PADDING) end--;
-  return end < canonical.length && base64.length === end && canonical.startsWith(base64);
+  const unpadded = end < canonical.length && base64.length === end && canonical.startsWith(base64);
+  return unpadded ? canonical : undefined;
 }
 
 /** The settings that bound `queries`. */
