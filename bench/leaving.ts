@@ -1,9 +1,9 @@
-// Clients that leave: rounds of multi-megabyte requests whose clients disconnect once every call
-// has reached the upstream. Each upstream call still holds its body until it ends; does the byte
-// budget still count it?
+// Clients that leave: rounds of multi-megabyte requests whose clients disconnect once every
+// request is either at the upstream or refused. Each upstream call still holds its body until it
+// ends; does the byte budget still count it (and refuse what does not fit)?
 import { loadConfig } from '../src/config.ts';
 import { distinctBodies, pngForBody } from './bodies.ts';
-import { gatewayHeaders } from './capacity.ts';
+import { gatewayHeaders, statusOf, tally } from './capacity.ts';
 import { resetFake, scrape, upstreamCalls, waitForCalls } from './fake.ts';
 import { burst } from './load.ts';
 import { type Server, startGateway, UPSTREAM_TOKEN } from './peers.ts';
@@ -11,6 +11,9 @@ import { memoryOf, pollMemory } from './processes.ts';
 import type { Context } from './settings.ts';
 
 export interface LeavingRound {
+  /** This round's requests that reached the upstream, and the answers the others got. */
+  reachedUpstream: number;
+  statuses: Record<string, number>;
   /** gateway_inflight_bytes while this round's clients waited, and once they had left. */
   countedWhileWaiting: number;
   countedAfterLeaving: number;
@@ -57,15 +60,30 @@ export async function clientsLeaving(ctx: Context, fake: Server): Promise<Leavin
       const tag = `leaving ${round} ${Date.now().toString(36)}`;
       const bodies = distinctBodies(perRound, png, tag);
       sentBytes = bodies[0]?.length ?? 0;
-      const sending = burst(gateway.url, gatewayHeaders, bodies, { signal: stop.signal });
-      if (!(await waitForCalls(fake, before + perRound, 60_000))) {
-        throw new Error(`round ${round}: the calls did not all reach the upstream`);
+      let answered = 0;
+      const sending = burst(gateway.url, gatewayHeaders, bodies, {
+        signal: stop.signal,
+        onAnswer: () => answered++,
+      });
+      // Every request is either at the upstream or answered (refused by the budget).
+      const until = performance.now() + 60_000;
+      let reached = (await upstreamCalls(fake)) - before;
+      while (reached + answered < perRound && performance.now() < until) {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        reached = (await upstreamCalls(fake)) - before;
+      }
+      if (reached + answered < perRound) {
+        throw new Error(
+          `round ${round}: ${perRound - reached - answered} requests neither reached the upstream nor were answered`,
+        );
       }
       const countedWhileWaiting = await gauge('gateway_inflight_bytes');
       stop.abort();
-      await sending;
+      const answers = (await sending).filter((a) => a.error !== 'aborted');
       await new Promise((resolve) => setTimeout(resolve, 500));
       result.push({
+        reachedUpstream: reached,
+        statuses: tally(answers.map(statusOf)),
         countedWhileWaiting,
         countedAfterLeaving: await gauge('gateway_inflight_bytes'),
         upstreamRunning: await gauge('gateway_upstream_in_flight'),
@@ -76,7 +94,7 @@ export async function clientsLeaving(ctx: Context, fake: Server): Promise<Leavin
     const queued = await queuedThenLeft(ctx, fake, gateway.url, gauge);
     const last = result.at(-1);
     ctx.log(
-      `  leaving: ${rounds} rounds of ${perRound} × ${(bodyBytes / 1e6).toFixed(0)} MB, clients gone: the budget counts ${((last?.countedAfterLeaving ?? 0) / 1e6).toFixed(0)} MB, ${last?.upstreamRunning} calls still hold their bodies; RSS ${((last?.rssBytes ?? 0) / 1e6).toFixed(0)} MB`,
+      `  leaving: ${rounds} rounds of ${perRound} × ${(bodyBytes / 1e6).toFixed(0)} MB (${result.map((r) => `${r.reachedUpstream} upstream${Object.keys(r.statuses).length > 0 ? ` + ${JSON.stringify(r.statuses)}` : ''}`).join('; ')}), clients gone: the budget counts ${((last?.countedAfterLeaving ?? 0) / 1e6).toFixed(0)} MB, ${last?.upstreamRunning} calls still hold their bodies; RSS ${((last?.rssBytes ?? 0) / 1e6).toFixed(0)} MB`,
     );
     return {
       env,

@@ -151,18 +151,18 @@ function leavingSection(r: Results): string {
   if (!l) return '';
   const rows = l.rounds.map(
     (round, i) =>
-      `| ${i + 1} | ${mb(round.countedWhileWaiting)} | ${mb(round.countedAfterLeaving)} | ${int(round.upstreamRunning)} (${mb(round.upstreamRunning * l.bodyBytes)} of bodies) | ${mb(round.rssBytes)} |`,
+      `| ${i + 1} | ${int(round.reachedUpstream ?? l.perRound)}${Object.keys(round.statuses ?? {}).length > 0 ? `; ${statusList(round.statuses)}` : ''} | ${mb(round.countedWhileWaiting)} | ${mb(round.countedAfterLeaving)} | ${int(round.upstreamRunning)} (${mb(round.upstreamRunning * l.bodyBytes)} of bodies) | ${mb(round.rssBytes)} |`,
   );
   return `### Clients that leave
 
 One client, ${Object.entries(l.env)
     .map(([k, v]) => `\`${k}=${v}\``)
     .join(', ')} (the container budget above, all of it
-this client's). Each round sends ${l.perRound} distinct ~${mb(l.bodyBytes)} bodies at once; once every call has reached the upstream
-(which answers after ${seconds(l.latencyMs)}), the clients disconnect. Peak RSS ${mb(Math.max(l.hwmBytes, l.peakRssBytes))}.
+this client's). Each round sends ${l.perRound} distinct ~${mb(l.bodyBytes)} bodies at once; once each has either reached the
+upstream (which answers after ${seconds(l.latencyMs)}) or been answered, the clients still waiting disconnect. Peak RSS ${mb(Math.max(l.hwmBytes, l.peakRssBytes))}.
 
-| round | budget counts, clients waiting | budget counts, clients gone | upstream calls still running | gateway RSS |
-| ---: | ---: | ---: | --- | ---: |
+| round | reached the upstream; answers | budget counts, clients waiting | budget counts, clients gone | upstream calls still running | gateway RSS |
+| ---: | --- | ---: | ---: | --- | ---: |
 ${rows.join('\n')}
 
 Then, on the same gateway, ${int(l.queued.requests)} distinct ~2 KB requests at once; 1.5 s after the first call reached

@@ -110,8 +110,8 @@ export const SMOKE: Settings = {
   bytesRuns: ['container'],
   bytes: { requests: 12, bodyBytes: 4_000_000, latencyMs: 2_000, containerBytes: 2 ** 28 },
   leaving: {
-    rounds: 1,
-    perRound: 4,
+    rounds: 2,
+    perRound: 6,
     latencyMs: 20_000,
     queuedRequests: 200,
     watchSeconds: 1,
