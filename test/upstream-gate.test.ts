@@ -60,6 +60,8 @@ function track<T>(promise: Promise<T>) {
 
 /** Lets promise callbacks run without moving the clock. */
 const flush = () => vi.advanceTimersByTimeAsync(0);
+/** One pacing interval at the default rate (1,000/s): the next queued call may start. */
+const step = () => vi.advanceTimersByTimeAsync(1);
 
 describe('rate', () => {
   it('starts at most `rate` calls in any second: a strict sliding window, not fixed seconds', async () => {
@@ -95,18 +97,20 @@ describe('rate', () => {
     expect(r.names()).toEqual(['c1']);
     expect(g.load).toEqual({ running: 1, queued: 2, clients: 1 });
     g.setRate(3);
-    await flush();
+    // Queued calls start at the new pace: one every 1 s / 3, not one a second.
+    await vi.advanceTimersByTimeAsync(667);
     expect(r.starts).toEqual([
       { name: 'c1', at: 0 },
-      { name: 'c2', at: 0 },
-      { name: 'c3', at: 0 },
+      { name: 'c2', at: 334 },
+      { name: 'c3', at: 667 },
     ]);
     g.setRate(0);
     const late = track(g.run(ticket('a'), r.send('c4')));
     await vi.advanceTimersByTimeAsync(999);
     expect(r.starts).toHaveLength(3);
     await vi.advanceTimersByTimeAsync(1);
-    expect(r.starts.at(-1)).toEqual({ name: 'c4', at: 1_000 });
+    // A rate of at least 1: one second after c3.
+    expect(r.starts.at(-1)).toEqual({ name: 'c4', at: 1_667 });
     r.finish('c4');
     await flush();
     expect(late.value).toBe('c4');
@@ -122,7 +126,7 @@ describe('concurrency and queue bound', () => {
     expect(r.names()).toEqual(['c1', 'c2']);
     expect(g.load).toEqual({ running: 2, queued: 1, clients: 1 });
     r.finish('c2');
-    await flush();
+    await step();
     expect(r.names()).toEqual(['c1', 'c2', 'c3']);
     expect(g.load).toEqual({ running: 2, queued: 0, clients: 0 });
     r.finish('c1');
@@ -145,7 +149,7 @@ describe('concurrency and queue bound', () => {
       headers: { 'retry-after': '1' },
     });
     r.finish('running');
-    await flush();
+    await step();
     expect(r.names()).toEqual(['running', 'queued']);
   });
 });
@@ -162,7 +166,7 @@ describe('fairness', () => {
     for (let i = 0; i < 8; i++) {
       const last = r.starts.at(-1);
       if (last) r.finish(last.name);
-      await flush();
+      await step();
     }
     // One start per waiting client per turn: a, b, c, then the rest of a's burst.
     expect(r.names()).toEqual(['a1', 'a2', 'b1', 'c1', 'a3', 'b2', 'a4', 'a5']);
@@ -213,12 +217,36 @@ describe('deadlines', () => {
     await vi.advanceTimersByTimeAsync(900);
     void g.run(ticket('a'), r.send('c2'));
     await vi.advanceTimersByTimeAsync(50);
-    // c1 leaves the window at 1000: c3 can start then, with 200 ms of its deadline left.
-    const c3 = track(g.run(ticket('b', { deadline: T0 + 1_200 }), r.send('c3')));
+    // c1 leaves the window at 1000, and the pace (1 s / 2) after c2 allows 1400: c3 fits a
+    // deadline of 1500 and starts then; one of 1200 is refused at once.
+    const tooLate = track(g.run(ticket('b', { deadline: T0 + 1_200 }), r.send('too-late')));
+    const c3 = track(g.run(ticket('c', { deadline: T0 + 1_600 }), r.send('c3')));
     await flush();
+    expect(tooLate.error).toMatchObject({ code: 'timeout', statusCode: 504 });
     expect(c3.settled).toBe(false);
-    await vi.advanceTimersByTimeAsync(50);
-    expect(r.starts.at(-1)).toEqual({ name: 'c3', at: 1_000 });
+    await vi.advanceTimersByTimeAsync(450);
+    expect(r.starts.at(-1)).toEqual({ name: 'c3', at: 1_400 });
+  });
+
+  it('paces a saturated gate: queued calls start one interval apart, never in a clump a second', async () => {
+    const g = gate({ ratePerSecond: 10 });
+    const r = recorder();
+    for (let i = 0; i < 40; i++) void g.run(ticket('flood'), r.send(`f${i}`));
+    await vi.advanceTimersByTimeAsync(1_500);
+    // Another client's call, arriving while the flood is queued, starts within two intervals.
+    void g.run(ticket('steady'), r.send('s1'));
+    await vi.advanceTimersByTimeAsync(2_000);
+    const at = r.starts.map((s) => s.at);
+    // The first window at once (it had room); then one start every 100 ms (less a tenth for a
+    // late timer), never two at once when the window frees.
+    expect(at.slice(0, 10)).toEqual(Array(10).fill(0));
+    expect(at[10]).toBe(1_000);
+    const gaps = at.slice(11).map((t, i) => t - (at[10 + i] ?? 0));
+    for (const gap of gaps) expect(gap).toBeGreaterThanOrEqual(90);
+    for (const t of at)
+      expect(at.filter((u) => u >= t && u < t + 1_000).length).toBeLessThanOrEqual(10);
+    const steady = r.starts.find((s) => s.name === 's1');
+    expect(steady && steady.at - 1_500).toBeLessThanOrEqual(200);
   });
 
   it('counts the turns of other clients ahead when estimating the start', async () => {
@@ -273,7 +301,7 @@ describe('deadlines', () => {
     expect(queued.error).toMatchObject({ code: 'timeout', statusCode: 504 });
     expect(g.load.queued).toBe(1);
     r.finish('running');
-    await flush();
+    await step();
     expect(r.names()).toEqual(['running', 'next']);
     expect(next.settled).toBe(false);
   });

@@ -29,11 +29,17 @@ interface Waiter {
 const WINDOW_MS = 1_000;
 
 /**
- * Admission of upstream calls: a strict sliding-window rate (no call starts while `rate` others
- * started within the last second — the upstream counts per second), a cap on calls in flight, and
- * fair queueing — one FIFO per client, served in turn — so a client's burst waits behind itself
- * and never in front of another client's request. A call that cannot start before its deadline
- * is answered 504 at once, not at the deadline.
+ * Admission of upstream calls:
+ * - a strict sliding-window rate: no call starts while `rate` others started within the last
+ *   second (the upstream counts per second); a call that finds no queue starts at once;
+ * - queued calls paced evenly, one every 1 s / rate from the previous slot's scheduled time (so a
+ *   timer firing a little late does not lower the rate). A window alone lets a saturated gate
+ *   start its calls in one clump a second, and a request arriving just after a clump waits up to
+ *   a second however fair the order (found by the bench's noisy neighbour);
+ * - a cap on calls in flight;
+ * - fair queueing: one FIFO per client, served in turn, so a client's burst waits behind itself
+ *   and never in front of another client's request;
+ * - a call that cannot start before its deadline is answered 504 at once, not at the deadline.
  *
  * Hand-written: p-queue (used before) has one FIFO and no per-key fairness or deadline estimate,
  * and bottleneck's fairness is by priority levels, not by key.
@@ -45,6 +51,8 @@ export class UpstreamGate {
   /** Per-client FIFOs; Map order is the round-robin order (a served client moves to the back). */
   readonly #queues = new Map<string, Waiter[]>();
   #rate: number;
+  /** When the last call was due to start: queued calls are paced one interval apart from it. */
+  #lastSlot = 0;
   #queued = 0;
   #running = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -71,7 +79,7 @@ export class UpstreamGate {
     const now = Date.now();
     // Too little deadline left to be worth a start, even with a free slot.
     if (now + this.#options.minAttemptMs > ticket.deadline) throw this.#tooLate(ticket);
-    if (this.#queued === 0 && this.#canStart(now)) {
+    if (this.#queued === 0 && this.#canStart(now, false)) {
       this.#admit(now);
       return this.#runAdmitted(send);
     }
@@ -99,8 +107,9 @@ export class UpstreamGate {
   }
 
   /** Takes a slot: counted at once, so the next admission sees it taken. */
-  #admit(now: number): void {
+  #admit(now: number, slot = now): void {
     this.#running++;
+    this.#lastSlot = slot;
     this.#starts.push(now);
     if (this.#starts.length > this.#rate) this.#starts.splice(0, this.#starts.length - this.#rate);
   }
@@ -114,16 +123,23 @@ export class UpstreamGate {
     }
   }
 
-  #canStart(now: number): boolean {
-    return this.#running < this.#options.maxConcurrency && this.#slotFreeAt(now) <= now;
+  #canStart(now: number, paced: boolean): boolean {
+    return this.#running < this.#options.maxConcurrency && this.#slotFreeAt(now, paced) <= now;
   }
 
-  /** When the rate window next lets a call start. */
-  #slotFreeAt(now: number): number {
-    if (this.#starts.length < this.#rate) return now;
-    const oldest = this.#starts[this.#starts.length - this.#rate] ?? 0;
-    return oldest + WINDOW_MS;
+  /** Milliseconds between starts at the current rate. */
+  get #interval(): number {
+    return WINDOW_MS / this.#rate;
   }
+
+  /** When the rate window — and, for a queued call, the pace — next let a call start. */
+  #slotFreeAt(now: number, paced: boolean): number {
+    const pace = paced ? this.#lastSlot + this.#interval : now;
+    if (this.#starts.length < this.#rate) return Math.max(now, pace);
+    const oldest = this.#starts[this.#starts.length - this.#rate] ?? 0;
+    return Math.max(now, pace, oldest + WINDOW_MS);
+  }
+
 
   /**
    * When a new call from `clientId` would start, counting only what the gate knows for sure: the
@@ -144,9 +160,9 @@ export class UpstreamGate {
   }
 
   /**
-   * The earliest time the n-th call from now (1-based) may start under the sliding window: the
-   * j-th next start waits for the start `rate` places before it to leave the window, and every
-   * further `rate` starts take one more window.
+   * The earliest time the n-th call from now (1-based) may start: paced, one interval after the
+   * one before; and under the sliding window, the j-th next start waits for the start `rate`
+   * places before it to leave the window, and every further `rate` starts take one more window.
    */
   #nthStartAt(n: number, now: number): number {
     const rate = this.#rate;
@@ -154,7 +170,8 @@ export class UpstreamGate {
     const j = ((n - 1) % rate) + 1;
     const blocking = this.#starts[this.#starts.length - 1 + j - rate];
     const first = blocking === undefined ? now : Math.max(now, blocking + WINDOW_MS);
-    return first + turns * WINDOW_MS;
+    const paced = this.#lastSlot + n * this.#interval;
+    return Math.max(first + turns * WINDOW_MS, paced);
   }
 
   #enqueue(waiter: Waiter): void {
@@ -201,17 +218,20 @@ export class UpstreamGate {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     const now = Date.now();
-    while (this.#queued > 0 && this.#canStart(now)) {
+    while (this.#queued > 0 && this.#canStart(now, true)) {
       const [clientId, queue] = this.#queues.entries().next().value as [string, Waiter[]];
       const waiter = queue.shift() as Waiter;
       this.#queues.delete(clientId);
       if (queue.length > 0) this.#queues.set(clientId, queue); // to the back of the turn order
       this.#queued--;
-      this.#admit(now);
+      // The slot it was due at, not now: a timer firing a little late does not push later slots
+      // back; after a longer wait the schedule restarts from now (catching up would be a clump).
+      this.#admit(now, Math.max(this.#lastSlot + this.#interval, now - this.#interval / 10));
       waiter.start();
     }
     if (this.#queued > 0 && this.#running < this.#options.maxConcurrency) {
-      this.#timer = setTimeout(() => this.#pump(), Math.max(1, this.#slotFreeAt(now) - now));
+      const next = this.#slotFreeAt(now, true);
+      this.#timer = setTimeout(() => this.#pump(), Math.max(1, next - now));
       this.#timer.unref();
     }
   }
