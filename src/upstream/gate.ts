@@ -140,7 +140,6 @@ export class UpstreamGate {
     return Math.max(now, pace, oldest + WINDOW_MS);
   }
 
-
   /**
    * When a new call from `clientId` would start, counting only what the gate knows for sure: the
    * calls the round robin serves before it, and the rate window (a busy concurrency cap can only
