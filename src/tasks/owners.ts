@@ -38,10 +38,14 @@ export class MemoryTaskOwners implements TaskOwners {
 
 const dayOf = (ms: number) => new Date(ms).toISOString().slice(0, 10);
 
+/** Days back whose hashes a write deletes: yesterday's stays, it is still read. */
+const STALE_DAYS = [2, 3, 4, 5, 6, 7, 8];
+
 /**
  * One hash per UTC day, task id → client id. No TTL (the compose Valkey evicts keys with one,
- * and an evicted owner would lock its client out of its own task); the writer deletes the hash
- * of two days ago. A lookup reads today's and yesterday's, which covers at least a day.
+ * and an evicted owner would lock its client out of its own task); the writer deletes the hashes
+ * of two to eight days ago, so a gateway idle for up to a week leaves nothing behind. A lookup
+ * reads today's and yesterday's, which covers at least a day.
  */
 export class RedisTaskOwners implements TaskOwners {
   readonly #redis: Redis;
@@ -56,7 +60,7 @@ export class RedisTaskOwners implements TaskOwners {
     await this.#redis
       .multi()
       .hset(this.#prefix + dayOf(now), taskId, clientId)
-      .del(this.#prefix + dayOf(now - 2 * 86_400_000))
+      .del(...STALE_DAYS.map((days) => this.#prefix + dayOf(now - days * 86_400_000)))
       .exec();
   }
 
