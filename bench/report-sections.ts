@@ -166,8 +166,9 @@ upstream (which answers after ${seconds(l.latencyMs)}) or been answered, the cli
 ${rows.join('\n')}
 
 Then, on the same gateway, ${int(l.queued.requests)} distinct ~2 KB requests at once; 1.5 s after the first call reached
-the upstream, with ${int(l.queued.queuedWhenLeft)} calls waiting at the gate, every client disconnects. In the next
-${l.queued.seconds} s, **${int(l.queued.callsAfter)} calls still reached the upstream** for requests nobody was waiting for.
+the upstream, with ${int(l.queued.queuedWhenLeft)} calls waiting at the gate, every client disconnects. While the gateway read the
+disconnects, ${int(l.queued.callsWhileLeaving ?? 0)} calls started (the gate starts one every 1 s / rate); in the ${l.queued.seconds} s after its
+queue was empty, **${int(l.queued.callsAfter)} calls still reached the upstream** for requests nobody was waiting for.
 `;
 }
 
