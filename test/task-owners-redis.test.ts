@@ -42,7 +42,11 @@ describeWithRedis('task owners in Redis', () => {
     const owners = new RedisTaskOwners(redis);
     const now = at('2031-05-20T12:00:00Z');
     for (let daysAgo = 1; daysAgo <= 9; daysAgo++) {
-      await redis.hset(`agw:tasks:${new Date(now - daysAgo * DAY).toISOString().slice(0, 10)}`, 'old', 'bob');
+      await redis.hset(
+        `agw:tasks:${new Date(now - daysAgo * DAY).toISOString().slice(0, 10)}`,
+        'old',
+        'bob',
+      );
     }
     await owners.record('task-new', 'alice', now);
     expect((await redis.keys('agw:tasks:*')).sort()).toEqual([
