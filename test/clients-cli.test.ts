@@ -5,8 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { runClientsCli } from '../src/clients/cli.ts';
 import { lockPathOf, updateClientsFile } from '../src/clients/lock.ts';
 import {
@@ -19,7 +18,7 @@ import {
 } from '../src/clients/registry.ts';
 import { utcDay } from '../src/usage/counts.ts';
 import { usageKey } from '../src/usage/store.ts';
-import { describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
+import { describeWithRedis, useRedis } from './redis-server.ts';
 
 const execFileAsync = promisify(execFile);
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
@@ -458,18 +457,7 @@ describe('clients CLI (real process)', { timeout: PROCESS_BOUND_MS }, () => {
 });
 
 describeWithRedis('clients usage (Redis)', () => {
-  let server: TestRedis;
-  let redis: Redis;
-
-  beforeAll(async () => {
-    server = await startRedis();
-    redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
-  });
-
-  afterAll(async () => {
-    redis.disconnect();
-    await server.close();
-  });
+  const db = useRedis();
 
   it('reads Redis directly (every replica) with limits from the clients file', async () => {
     const today = utcDay(new Date());
@@ -479,8 +467,8 @@ describeWithRedis('clients usage (Redis)', () => {
         { id: 'bob', keySha256: hashClientKey('agw_b') },
       ],
     });
-    await redis.del(usageKey(today));
-    await redis.hset(usageKey(today), {
+    await db.redis.del(usageKey(today));
+    await db.redis.hset(usageKey(today), {
       'alice|requests': '7',
       'alice|billed_calls': '4',
       'alice|cache_hits': '2',
@@ -488,7 +476,7 @@ describeWithRedis('clients usage (Redis)', () => {
       'gone|requests': '1',
     });
     // The admin port is closed: proof that Redis alone answered.
-    const env = { REDIS_URL: server.url, GATEWAY_CLIENTS_FILE: file, ADMIN_PORT: '1' };
+    const env = { REDIS_URL: db.server.url, GATEWAY_CLIENTS_FILE: file, ADMIN_PORT: '1' };
 
     const table = await cli(['usage'], env);
     expect(table.code).toBe(0);

@@ -5,12 +5,8 @@
  * document that is structurally valid OpenAPI 3.0.
  */
 import { Ajv } from 'ajv';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway, type TestGateway } from './helpers.ts';
-
-// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
-// the machine's cores.
-vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 
 type Json = Record<string, unknown>;
 

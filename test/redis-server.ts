@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { connect, createServer } from 'node:net';
-import { describe } from 'vitest';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, beforeEach, describe } from 'vitest';
 
 /**
  * Redis for tests: REDIS_URL if set, else a throwaway `redis-server` on a free port. When neither
@@ -170,4 +171,40 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Test
     await waitForPort(port, false);
   };
   return { url: `redis://127.0.0.1:${port}`, stop, start, close: stop };
+}
+
+/**
+ * For a describe block: one redis-server for the block and a client to it; with `keyPattern`,
+ * the keys matching it are deleted before each test. Read `.redis` / `.server` inside tests.
+ */
+export function useRedis(keyPattern?: string): {
+  readonly redis: Redis;
+  readonly server: TestRedis;
+} {
+  let server: TestRedis | undefined;
+  let redis: Redis | undefined;
+  beforeAll(async () => {
+    server = await startRedis();
+    redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
+  });
+  afterAll(async () => {
+    redis?.disconnect();
+    await server?.close();
+  });
+  if (keyPattern !== undefined) {
+    beforeEach(async () => {
+      const keys = await (redis as Redis).keys(keyPattern);
+      if (keys.length > 0) await (redis as Redis).del(...keys);
+    });
+  }
+  return {
+    get redis() {
+      if (!redis) throw new Error('useRedis: read .redis inside a test');
+      return redis;
+    },
+    get server() {
+      if (!server) throw new Error('useRedis: read .server inside a test');
+      return server;
+    },
+  };
 }

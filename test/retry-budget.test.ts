@@ -1,15 +1,13 @@
 // The retry budget: on its own with explicit clocks (percentage, the per-second floor, the window),
 // through the upstream client against a persistently failing upstream (retries stop once it is
 // spent), and through the app (the completion line's retry_budget_exhausted and the metric).
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type FakeUpstream, startFakeUpstream } from '../dev/fake-upstream.ts';
 import { type UpstreamCall, UpstreamClient, type UpstreamReply } from '../src/upstream/client.ts';
 import { RetryBudget } from '../src/upstream/retry-budget.ts';
 import { gatewayTest, metricSum, postJson } from './helpers.ts';
 
 // Each test starts a gateway and a fake upstream: seconds on a loaded machine, not vitest's 5 s.
-vi.setConfig({ testTimeout: 30_000 });
-
 const T0 = 1_700_000_000_000;
 
 describe('RetryBudget', () => {

@@ -3,14 +3,12 @@
 // echoed back by the upstream in a JSON error that passes through, an HTML 200 (malformed, logged
 // as an excerpt) and a 5xx body. None may reach the client or a log line: each is replaced by
 // [token:<8 hex>] / [key:<8 hex>]. Masking by pattern stays as the second line.
-import { describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { fingerprint } from '../dev/fake-upstream.ts';
 import { SecretMask } from '../src/upstream/secrets.ts';
 import { CLIENT_KEY, gatewayTest, postJson, type TestGateway, validBody } from './helpers.ts';
 
 // Each test starts a gateway and a fake upstream: seconds on a loaded machine, not vitest's 5 s.
-vi.setConfig({ testTimeout: 30_000 });
-
 /** Tokens no pattern would catch; each is valid in ACEDATA_API_TOKEN (printable, no spaces). */
 const SHORT = 'tok.en-1';
 const WORD = 'sunflower';

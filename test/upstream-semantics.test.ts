@@ -2,13 +2,11 @@
 // public docs show (the fake's documented codes and messages): what a client sees (status, code,
 // body, retry-after), how many calls reach the upstream, and what operators see (log lines with
 // the token's fingerprint only, metrics, /readyz).
-import { describe, expect, vi } from 'vitest';
+import { describe, expect } from 'vitest';
 import { fingerprint, UPSTREAM_ERRORS } from '../dev/fake-upstream.ts';
 import { gatewayTest, metricSum, postJson, type TestGateway, validBody } from './helpers.ts';
 
 // Each test starts a gateway and a fake upstream: seconds on a loaded machine, not vitest's 5 s.
-vi.setConfig({ testTimeout: 30_000 });
-
 const TOKEN_A = 'acedata-token-aaaa-0123456789abcdef';
 const TOKEN_B = 'acedata-token-bbbb-fedcba9876543210';
 const TWO_TOKENS = {

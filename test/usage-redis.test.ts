@@ -1,9 +1,15 @@
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, beforeEach, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { dayBefore, type UsageEvent } from '../src/usage/counts.ts';
 import { UsageRecorder } from '../src/usage/recorder.ts';
 import { RedisUsageStore, usageKey } from '../src/usage/store.ts';
-import { canControlRedis, describeWithRedis, startRedis, type TestRedis } from './redis-server.ts';
+import {
+  canControlRedis,
+  describeWithRedis,
+  startRedis,
+  type TestRedis,
+  useRedis,
+} from './redis-server.ts';
 
 const event = (clientId: string, overrides: Partial<UsageEvent> = {}): UsageEvent => ({
   clientId,
@@ -14,26 +20,10 @@ const event = (clientId: string, overrides: Partial<UsageEvent> = {}): UsageEven
 });
 
 describeWithRedis('usage in Redis', () => {
-  let server: TestRedis;
-  let redis: Redis;
-
-  beforeAll(async () => {
-    server = await startRedis();
-    redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
-  });
-
-  afterAll(async () => {
-    redis.disconnect();
-    await server.close();
-  });
-
-  beforeEach(async () => {
-    const keys = await redis.keys('agw:usage:*');
-    if (keys.length > 0) await redis.del(...keys);
-  });
+  const db = useRedis('agw:usage:*');
 
   it('one hash per day, field <client>|<kind>, HINCRBY, no TTL', async () => {
-    const store = new RedisUsageStore(redis);
+    const store = new RedisUsageStore(db.redis);
     await store.add('2031-05-06', new Map([['alice|requests', 3]]));
     await store.add(
       '2031-05-06',
@@ -42,11 +32,11 @@ describeWithRedis('usage in Redis', () => {
         ['bob|cache_hits', 1],
       ]),
     );
-    expect(await redis.hgetall('agw:usage:2031-05-06')).toEqual({
+    expect(await db.redis.hgetall('agw:usage:2031-05-06')).toEqual({
       'alice|requests': '5',
       'bob|cache_hits': '1',
     });
-    expect(await redis.ttl('agw:usage:2031-05-06')).toBe(-1);
+    expect(await db.redis.ttl('agw:usage:2031-05-06')).toBe(-1);
     expect(await store.read('2031-05-06')).toEqual(
       new Map([
         ['alice|requests', 5],
@@ -59,25 +49,25 @@ describeWithRedis('usage in Redis', () => {
   it('the writer deletes days before yesterday, once per day per process', async () => {
     const day = '2031-05-06';
     for (const old of [dayBefore(day, 1), dayBefore(day, 2), dayBefore(day, 9)]) {
-      await redis.hset(usageKey(old), 'alice|requests', '1');
+      await db.redis.hset(usageKey(old), 'alice|requests', '1');
     }
-    const store = new RedisUsageStore(redis);
+    const store = new RedisUsageStore(db.redis);
     await store.add(day, new Map([['alice|requests', 1]]));
-    expect((await redis.keys('agw:usage:*')).sort()).toEqual([
+    expect((await db.redis.keys('agw:usage:*')).sort()).toEqual([
       usageKey(dayBefore(day, 1)),
       usageKey(day),
     ]);
     // Once a day: a key that reappears for an old day is left until tomorrow's first write.
-    await redis.hset(usageKey(dayBefore(day, 2)), 'x|requests', '1');
+    await db.redis.hset(usageKey(dayBefore(day, 2)), 'x|requests', '1');
     await store.add(day, new Map([['alice|requests', 1]]));
-    expect(await redis.exists(usageKey(dayBefore(day, 2)))).toBe(1);
+    expect(await db.redis.exists(usageKey(dayBefore(day, 2)))).toBe(1);
     await store.add(dayBefore(day, -1), new Map([['alice|requests', 1]]));
-    expect(await redis.exists(usageKey(dayBefore(day, 2)))).toBe(0);
+    expect(await db.redis.exists(usageKey(dayBefore(day, 2)))).toBe(0);
   });
 
   it("replicas sharing Redis: either one reports both replicas' counts", async () => {
-    const a = new UsageRecorder({ shared: new RedisUsageStore(redis), flushIntervalMs: 60_000 });
-    const b = new UsageRecorder({ shared: new RedisUsageStore(redis), flushIntervalMs: 60_000 });
+    const a = new UsageRecorder({ shared: new RedisUsageStore(db.redis), flushIntervalMs: 60_000 });
+    const b = new UsageRecorder({ shared: new RedisUsageStore(db.redis), flushIntervalMs: 60_000 });
     a.record(event('alice', { billed: true }));
     b.record(event('alice', { cache: 'hit' }));
     b.record(event('bob', { limit: 'quota' }));

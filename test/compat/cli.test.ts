@@ -4,7 +4,7 @@
  * It sends only the options given (`recognize` alone sends `{}`), does not retry, prints the raw
  * error body for statuses other than 401 and 403, and exits 1 on any error.
  */
-import { describe, expect, vi } from 'vitest';
+import { describe, expect } from 'vitest';
 import { gatewayTest, PNG_1X1 } from '../helpers.ts';
 import {
   cli,
@@ -13,17 +13,12 @@ import {
   forwardedCall,
   HTTPX_VERSIONS,
   RECOGNITION,
+  SITE_KEY,
+  SITE_URL,
   send,
   TASKS,
   TOKEN,
 } from './requests.ts';
-
-// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
-// the machine's cores.
-vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
-
-const SITE_KEY = 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2';
-const SITE_URL = 'https://accounts.hcaptcha.com/demo';
 
 describe.each(HTTPX_VERSIONS)('hcaptcha CLI with %s', (httpx) => {
   const hcaptcha = cli(httpx);

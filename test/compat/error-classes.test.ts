@@ -5,7 +5,7 @@
  * upstream, and classifies the answer as the SDK would.
  */
 import type { LightMyRequestResponse } from 'fastify';
-import { describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   CLIENT_KEY,
   gatewayTest,
@@ -21,6 +21,8 @@ import {
   pySdk,
   RECOGNITION,
   type SdkErrorClass,
+  SITE_KEY,
+  SITE_URL,
   send,
   TASKS,
   TOKEN,
@@ -28,14 +30,10 @@ import {
   type WireRequest,
 } from './requests.ts';
 
-// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
-// the machine's cores.
-vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
-
 const sdk = tsSdk();
 const recognition = (n = 0) =>
   sdk.recognition({ queries: [PNG_1X1], question: `Please click each bus (${n})` });
-const SITE = { websiteKey: 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2', websiteUrl: 'https://x.test' };
+const SITE = { websiteKey: SITE_KEY, websiteUrl: SITE_URL };
 
 interface Expected {
   errorClass: SdkErrorClass;

@@ -4,7 +4,7 @@
  * Errors come back as {"error": "Authentication Error" | "API Error", "message"}: the message is all
  * the model sees, so the gateway's messages must say what happened.
  */
-import { describe, expect, vi } from 'vitest';
+import { describe, expect } from 'vitest';
 import { gatewayTest, PNG_1X1, UPSTREAM_TOKEN } from '../helpers.ts';
 import {
   forwardedCall,
@@ -12,20 +12,15 @@ import {
   mcp,
   mcpToolResult,
   RECOGNITION,
+  SITE_KEY,
+  SITE_URL,
   send,
   TASKS,
   TOKEN,
 } from './requests.ts';
 
-// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
-// the machine's cores.
-vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
-
 const QUESTION = 'Please click each image containing a bus';
-const SITE = {
-  website_key: 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2',
-  website_url: 'https://accounts.hcaptcha.com/demo',
-};
+const SITE = { website_key: SITE_KEY, website_url: SITE_URL };
 
 describe.each(HTTPX_VERSIONS)('MCP tools with %s', (httpx) => {
   const tools = mcp(httpx);

@@ -14,6 +14,10 @@ export const RECOGNITION = '/captcha/recognition/hcaptcha';
 export const TOKEN = '/captcha/token/hcaptcha';
 export const TASKS = '/captcha/tasks';
 
+/** hCaptcha's public demo site: what the token examples of the SDKs, CLI and MCP tools use. */
+export const SITE_KEY = 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2';
+export const SITE_URL = 'https://accounts.hcaptcha.com/demo';
+
 /** One request exactly as a client sends it. */
 export interface WireRequest {
   /** Which client (and JSON dialect) produced it, for test names. */

@@ -3,13 +3,15 @@
  * Python's `", "` / `": "` separators with non-ASCII escaped before httpx 0.28, compact raw UTF-8
  * from 0.28 on; both are accepted and forwarded byte for byte.
  */
-import { describe, expect, vi } from 'vitest';
+import { describe, expect } from 'vitest';
 import { gatewayTest, PNG_1X1 } from '../helpers.ts';
 import {
   forwardedCall,
   HTTPX_VERSIONS,
   pySdk,
   RECOGNITION,
+  SITE_KEY,
+  SITE_URL,
   sdkOutcome,
   send,
   TASKS,
@@ -18,19 +20,12 @@ import {
   type WireRequest,
 } from './requests.ts';
 
-// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
-// the machine's cores.
-vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
-
 const QUESTION = '请点击每一张包含公交车的图片';
 /** The same text as Python's json.dumps writes it by default (ensure_ascii). */
 const QUESTION_ESCAPED =
   '\\u8bf7\\u70b9\\u51fb\\u6bcf\\u4e00\\u5f20\\u5305\\u542b\\u516c\\u4ea4\\u8f66\\u7684\\u56fe\\u7247';
 const IMAGE_URL = 'https://example.com/img1.jpg';
-const SITE = {
-  website_key: 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2',
-  website_url: 'https://accounts.hcaptcha.com/demo',
-};
+const SITE = { website_key: SITE_KEY, website_url: SITE_URL };
 
 async function okJson(g: Parameters<typeof send>[0], request: WireRequest, status: 200 | 201) {
   const res = await send(g, request);

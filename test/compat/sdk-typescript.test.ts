@@ -3,11 +3,13 @@
  * reaches an hCaptcha endpoint, sent as the SDK sends it (requests.ts), forwarded as it was
  * written, and answered with what the SDK's caller reads.
  */
-import { describe, expect, vi } from 'vitest';
+import { describe, expect } from 'vitest';
 import { gatewayTest, OTHER_CLIENT_KEY, PNG_1X1, within } from '../helpers.ts';
 import {
   forwardedCall,
   RECOGNITION,
+  SITE_KEY,
+  SITE_URL,
   sdkOutcome,
   send,
   TASKS,
@@ -16,17 +18,10 @@ import {
   type WireRequest,
 } from './requests.ts';
 
-// A bound, not a timing claim: building a gateway takes seconds when two busy processes share
-// the machine's cores.
-vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
-
 const sdk = tsSdk();
 const QUESTION = 'Please click each image containing a bus';
 const IMAGE_URL = 'https://example.com/img1.jpg';
-const SITE = {
-  websiteKey: 'a5f74b19-9e45-40e0-b45d-47ff91b7a6c2',
-  websiteUrl: 'https://accounts.hcaptcha.com/demo',
-};
+const SITE = { websiteKey: SITE_KEY, websiteUrl: SITE_URL };
 
 /** What the SDK hands its caller for a 2xx: the parsed body, whatever the 2xx. */
 async function okJson(
