@@ -1,9 +1,9 @@
 import { tokenFingerprint } from './token-pool.ts';
 
-/** One spelling of a secret and what replaces it. */
+/** One spelling of a secret and what replaces it (made only when found: most bodies hold none). */
 interface Form {
   bytes: Buffer;
-  replacement: Buffer;
+  replacement: () => Buffer;
 }
 
 /**
@@ -11,7 +11,11 @@ interface Form {
  * JSON with escaped slashes (`\/`, as PHP and some proxies write it: a Base64 token has `/`).
  */
 function formsOf(value: string, label: string): Form[] {
-  const replacement = Buffer.from(`[${label}:${tokenFingerprint(value)}]`);
+  let made: Buffer | undefined;
+  const replacement = () => {
+    made ??= Buffer.from(`[${label}:${tokenFingerprint(value)}]`);
+    return made;
+  };
   const json = JSON.stringify(value).slice(1, -1);
   const spellings = new Set([value, json, json.replaceAll('/', '\\/')]);
   return [...spellings]
@@ -66,7 +70,7 @@ function replaceAll(haystack: Buffer, forms: readonly Form[]): Buffer {
     }
     const form = forms[best];
     if (form === undefined) break;
-    parts.push(haystack.subarray(from, bestAt), form.replacement);
+    parts.push(haystack.subarray(from, bestAt), form.replacement());
     from = bestAt + form.bytes.length;
   }
   parts.push(haystack.subarray(from));
