@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { hashClientKey } from '../src/clients/registry.ts';
 import { CLIENT, UPSTREAM_TOKEN } from './peers.ts';
 import { type Child, track } from './processes.ts';
+import { shippedNodeFlags } from './shipped.ts';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const SOURCES_ENTRY = join(ROOT, 'src/server.ts');
@@ -107,7 +108,11 @@ export async function startEntryPoint(
   env: Record<string, string>,
   cwd: string,
 ): Promise<EntryServer> {
-  const proc = spawn(process.execPath, [entry], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [...shippedNodeFlags(), entry], {
+    cwd,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const name = `gateway (${entry.endsWith('.ts') ? 'sources' : 'compiled'})`;
   const child = track(name, proc);
   try {

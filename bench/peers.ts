@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { FAKE_UPSTREAM_DEFAULT_TOKEN } from '../dev/fake-upstream.ts';
 import { freePort } from './net.ts';
 import { type Child, startNodeServer } from './processes.ts';
+import { shippedNodeFlags } from './shipped.ts';
 
 export interface Server {
   name: string;
@@ -88,6 +89,7 @@ export async function startGateway(options: GatewayOptions): Promise<GatewayServ
         BENCH_CLIENTS: JSON.stringify(options.clients ?? [CLIENT]),
       },
       execArgv: [
+        ...shippedNodeFlags(),
         ...(options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : []),
         ...(options.exposeGc ? ['--expose-gc'] : []),
       ],

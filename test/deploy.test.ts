@@ -769,6 +769,20 @@ describe('Dockerfile', () => {
     expect(one('STOPSIGNAL')).toBe('SIGTERM');
   });
 
+  it("caps V8's young generation with the image's NODE_OPTIONS (it kept ~100 MB after a burst)", () => {
+    // Many short-lived objects: an uncapped young generation grows to tens of MB and keeps them.
+    const churn =
+      'let keep = []; for (let i = 0; i < 2e6; i++) { keep.push({ i }); if (keep.length > 1e5) keep = []; }' +
+      "console.log(require('node:v8').getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size)";
+    const run = spawnSync(process.execPath, ['-e', churn], {
+      env: { PATH: process.env.PATH, NODE_OPTIONS: imageEnv().NODE_OPTIONS },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(run.status, run.stderr).toBe(0);
+    expect(Number(run.stdout)).toBeLessThanOrEqual(4 * 1024 * 1024);
+  });
+
   it('exposes the default API and admin ports', () => {
     const config = loadConfig({ ACEDATA_API_TOKEN: 'deploy-test-token' });
     expect(
