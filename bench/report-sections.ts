@@ -4,6 +4,7 @@
 import { int, kb, MB, mb, peakOf, perRequestGoal, seconds, statusList } from './format.ts';
 import type { HeldMemory } from './memory.ts';
 import type { Results } from './report.ts';
+import { shippedNodeFlags } from './shipped.ts';
 
 const gib = (bytes: number) => `${+(bytes / 2 ** 30).toFixed(2)} GiB`;
 
@@ -258,7 +259,12 @@ export function howMeasured(r: Results): string {
   differ per scenario: hit ${env('hit')}; miss ${env('miss')} (the gate's rate would otherwise
   be what is measured); the container byte-budget run \`INFLIGHT_BYTES_MAX\`. \`LOG_LEVEL=info\`
   (one completion line per request is part of the product), written to a file as stdout
-  (${logs.join('; ') || 'not counted'}). \`NODE_ENV=production\`, as in the Dockerfile.
+  (${logs.join('; ') || 'not counted'}). \`NODE_ENV=production\`, and the Dockerfile's \`NODE_OPTIONS\`
+  (${
+    shippedNodeFlags()
+      .map((f) => `\`${f}\``)
+      .join(' ') || 'none'
+  }) as Node flags of every gateway process, as in the image.
 - Latency percentiles come from every response's own timing (autocannon's histogram has 1 ms
   resolution), over 2xx responses only.
 - **hit**: one real JSON body per size (a noise PNG in Base64, sized to ${s.hitSizes.map((b) => `~${kb(b)}`).join(', ')}), the same bytes
