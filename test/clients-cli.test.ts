@@ -16,7 +16,7 @@ import {
   readClientsFile,
   writeClientsFile,
 } from '../src/clients/registry.ts';
-import { utcDay } from '../src/usage/counts.ts';
+import { utcDay } from '../src/days.ts';
 import { usageKey } from '../src/usage/store.ts';
 import { describeWithRedis, useRedis } from './redis-server.ts';
 

@@ -5,13 +5,13 @@ import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runClientsCli } from '../src/clients/cli.ts';
 import { ClientRegistry, hashClientKey } from '../src/clients/registry.ts';
+import { utcDay } from '../src/days.ts';
 import clientsPlugin from '../src/plugins/clients.ts';
 import requestContext, {
   type Completion,
   CompletionLogController,
 } from '../src/plugins/request-context.ts';
 import usagePlugin, { type UsagePluginOptions, usageRoutes } from '../src/plugins/usage.ts';
-import { utcDay } from '../src/usage/counts.ts';
 import { usageKey } from '../src/usage/store.ts';
 import { describeWithRedis, startRedis } from './redis-server.ts';
 

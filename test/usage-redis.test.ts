@@ -1,6 +1,7 @@
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { dayBefore, type UsageEvent } from '../src/usage/counts.ts';
+import { dayBefore } from '../src/days.ts';
+import type { UsageEvent } from '../src/usage/counts.ts';
 import { UsageRecorder } from '../src/usage/recorder.ts';
 import { RedisUsageStore, usageKey } from '../src/usage/store.ts';
 import {

@@ -1,12 +1,11 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { dayBefore, utcDay } from '../src/days.ts';
 import {
   countsByClient,
-  dayBefore,
   emptyCounts,
   kindsOf,
   type UsageEvent,
   usageField,
-  utcDay,
 } from '../src/usage/counts.ts';
 import { UsageRecorder } from '../src/usage/recorder.ts';
 import { formatUsageTable, type KnownClients, usageReport } from '../src/usage/report.ts';

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { dayBefore, SWEPT_DAYS_BACK, utcDay } from '../days.ts';
 import { GatewayError } from '../errors.ts';
 import { type StoreErrorMode, sharedOrLocal } from './store-fallback.ts';
 
@@ -81,11 +82,6 @@ export interface QuotaReservation {
 
 const NOTHING_RESERVED: QuotaReservation = { release: async () => {} };
 
-/** Days back whose keys a reservation deletes: yesterday stays (clock skew around midnight). */
-const STALE_DAYS = [2, 3, 4, 5, 6, 7, 8];
-
-const dayOf = (date: Date) => date.toISOString().slice(0, 10);
-
 /**
  * Daily per-client quotas of billed upstream calls, reset at UTC midnight. A unit is reserved
  * before the call (so concurrent calls cannot overshoot) and released when the call turned out
@@ -107,10 +103,9 @@ export class DailyQuota {
     now = new Date(),
   ): Promise<QuotaReservation> {
     if (perDay === undefined) return NOTHING_RESERVED;
-    const key = this.#keyOf(clientId, now);
-    const stale = STALE_DAYS.map((days) =>
-      this.#keyOf(clientId, new Date(now.getTime() - days * 86_400_000)),
-    );
+    const today = utcDay(now);
+    const key = this.#keyOf(clientId, today);
+    const stale = SWEPT_DAYS_BACK.map((days) => this.#keyOf(clientId, dayBefore(today, days)));
     const counter = await this.#counterFor(async (c) => c.reserve(key, perDay, stale));
     if (counter.result === -1) throw quotaRefusal(clientId, perDay, now);
     return {
@@ -118,8 +113,8 @@ export class DailyQuota {
     };
   }
 
-  #keyOf(clientId: string, day: Date): string {
-    return `${this.#prefix}${dayOf(day)}:${clientId}`;
+  #keyOf(clientId: string, day: string): string {
+    return `${this.#prefix}${day}:${clientId}`;
   }
 
   #counterFor(

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
+import { dayBefore, SWEPT_DAYS_BACK, utcDay } from '../days.ts';
 
 /**
  * Who created each async task: a task belongs to the client that submitted it, and only that
@@ -36,15 +37,10 @@ export class MemoryTaskOwners implements TaskOwners {
   }
 }
 
-const dayOf = (ms: number) => new Date(ms).toISOString().slice(0, 10);
-
-/** Days back whose hashes a write deletes: yesterday's stays, it is still read. */
-const STALE_DAYS = [2, 3, 4, 5, 6, 7, 8];
-
 /**
  * One hash per UTC day, task id → client id. No TTL (the compose Valkey evicts keys with one,
  * and an evicted owner would lock its client out of its own task); the writer deletes the hashes
- * of two to eight days ago, so a gateway idle for up to a week leaves nothing behind. A lookup
+ * of the days before yesterday (SWEPT_DAYS_BACK). A lookup
  * reads today's and yesterday's, which covers at least a day.
  */
 export class RedisTaskOwners implements TaskOwners {
@@ -57,17 +53,19 @@ export class RedisTaskOwners implements TaskOwners {
   }
 
   async record(taskId: string, clientId: string, now = Date.now()): Promise<void> {
+    const today = utcDay(new Date(now));
     await this.#redis
       .multi()
-      .hset(this.#prefix + dayOf(now), taskId, clientId)
-      .del(...STALE_DAYS.map((days) => this.#prefix + dayOf(now - days * 86_400_000)))
+      .hset(this.#prefix + today, taskId, clientId)
+      .del(...SWEPT_DAYS_BACK.map((days) => this.#prefix + dayBefore(today, days)))
       .exec();
   }
 
   async ownerOf(taskId: string, now = Date.now()): Promise<string | undefined> {
+    const day = utcDay(new Date(now));
     const [today, yesterday] = await Promise.all([
-      this.#redis.hget(this.#prefix + dayOf(now), taskId),
-      this.#redis.hget(this.#prefix + dayOf(now - 86_400_000), taskId),
+      this.#redis.hget(this.#prefix + day, taskId),
+      this.#redis.hget(this.#prefix + dayBefore(day, 1), taskId),
     ]);
     return today ?? yesterday ?? undefined;
   }

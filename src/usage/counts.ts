@@ -54,18 +54,6 @@ export function emptyCounts(): UsageCounts {
   };
 }
 
-/** `YYYY-MM-DD` of `date` in UTC: quotas reset at UTC midnight, so usage days do too. */
-export function utcDay(date: Date): string {
-  return date.toISOString().slice(0, 10);
-}
-
-/** The UTC day `days` before `day`. */
-export function dayBefore(day: string, days: number): string {
-  const date = new Date(`${day}T00:00:00Z`);
-  date.setUTCDate(date.getUTCDate() - days);
-  return utcDay(date);
-}
-
 /** One day's counts: field `<client>|<kind>` → count (the Redis hash's layout). */
 export type DayCounts = Map<string, number>;
 

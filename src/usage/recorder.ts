@@ -1,14 +1,13 @@
+import { dayBefore, utcDay } from '../days.ts';
 import {
   addCounts,
   countsByClient,
   type DayCounts,
-  dayBefore,
   kindsOf,
   type UsageCounts,
   type UsageEvent,
   type UsageKind,
   usageField,
-  utcDay,
 } from './counts.ts';
 import { MemoryUsageStore, type UsageStore } from './store.ts';
 

@@ -3,7 +3,8 @@
  * counts), else the running gateway's admin port (`GET /usage`).
  */
 import { Redis } from 'ioredis';
-import { countsByClient, utcDay } from './counts.ts';
+import { utcDay } from '../days.ts';
+import { countsByClient } from './counts.ts';
 import { type ClientUsage, type KnownClients, type UsageReport, usageReport } from './report.ts';
 import { RedisUsageStore } from './store.ts';
 

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
-import { addCounts, type DayCounts, dayBefore } from './counts.ts';
+import { dayBefore } from '../days.ts';
+import { addCounts, type DayCounts } from './counts.ts';
 
 /** Where usage counts live: this process's memory, or Redis (shared by every replica). */
 export interface UsageStore {
