@@ -25,20 +25,23 @@ export const upstreamCalls = async (fake: Server) =>
 export const callArrivals = async (fake: Server) =>
   ((await fakeControl(fake, 'calls')) as { calls: Array<{ at: number }> }).calls.map((c) => c.at);
 
-/** Polls until the fake has received `count` calls; false if `timeoutMs` passed first. */
-export async function waitForCalls(
-  fake: Server,
-  count: number,
+/** Polls `done` until it holds; false if `timeoutMs` passed first (asked once more at the end). */
+export async function pollUntil(
+  done: () => Promise<boolean>,
   timeoutMs: number,
   intervalMs = 200,
 ): Promise<boolean> {
   const until = Date.now() + timeoutMs;
   while (Date.now() < until) {
-    if ((await upstreamCalls(fake)) >= count) return true;
+    if (await done()) return true;
     await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
-  return (await upstreamCalls(fake)) >= count;
+  return done();
 }
+
+/** Polls until the fake has received `count` calls; false if `timeoutMs` passed first. */
+export const waitForCalls = (fake: Server, count: number, timeoutMs: number, intervalMs = 200) =>
+  pollUntil(async () => (await upstreamCalls(fake)) >= count, timeoutMs, intervalMs);
 
 /** The gateway's admin /metrics as name{labels} → value (Prometheus text format). */
 export async function scrape(adminUrl: string): Promise<Map<string, number>> {

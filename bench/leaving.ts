@@ -4,7 +4,7 @@
 import { loadConfig } from '../src/config.ts';
 import { distinctBodies, pngForBody } from './bodies.ts';
 import { gatewayHeaders, statusOf, tally } from './capacity.ts';
-import { resetFake, scrape, upstreamCalls, waitForCalls } from './fake.ts';
+import { pollUntil, resetFake, scrape, upstreamCalls, waitForCalls } from './fake.ts';
 import { burst } from './load.ts';
 import { type Server, startGateway, UPSTREAM_TOKEN } from './peers.ts';
 import { memoryOf, pollMemory } from './processes.ts';
@@ -73,13 +73,12 @@ export async function clientsLeaving(ctx: Context, fake: Server): Promise<Leavin
         onAnswer: () => answered++,
       });
       // Every request is either at the upstream or answered (refused by the budget).
-      const until = performance.now() + 60_000;
-      let reached = (await upstreamCalls(fake)) - before;
-      while (reached + answered < perRound && performance.now() < until) {
-        await new Promise((resolve) => setTimeout(resolve, 200));
+      let reached = 0;
+      const settled = await pollUntil(async () => {
         reached = (await upstreamCalls(fake)) - before;
-      }
-      if (reached + answered < perRound) {
+        return reached + answered >= perRound;
+      }, 60_000);
+      if (!settled) {
         throw new Error(
           `round ${round}: ${perRound - reached - answered} requests neither reached the upstream nor were answered`,
         );
@@ -152,10 +151,7 @@ async function queuedThenLeft(
   await sending;
   // The clients' sockets are closed; the gateway learns it as it reads each close event. Count
   // from when its queue is empty (or 5 s have passed, so that a queue that never empties is seen).
-  const seenBy = performance.now() + 5_000;
-  while ((await gauge('gateway_upstream_queued')) > 0 && performance.now() < seenBy) {
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  await pollUntil(async () => (await gauge('gateway_upstream_queued')) === 0, 5_000, 20);
   const left = await upstreamCalls(fake);
   await new Promise((resolve) => setTimeout(resolve, watchSeconds * 1000));
   const callsAfter = (await upstreamCalls(fake)) - left;
